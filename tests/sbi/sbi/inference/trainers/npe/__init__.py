@@ -1,0 +1,1 @@
+"""sbi stand-in (picklefs test fixtures)."""
