@@ -113,7 +113,7 @@ static bool typestr_ok(const char *s, size_t n)
 
 	if (n == 0 || n >= PF_NPY_DESCR_MAX)
 		return false;
-	if (strchr("<>|=", s[0]) != NULL)
+	if (s[0] == '<' || s[0] == '>' || s[0] == '|' || s[0] == '=')
 		i++;
 	if (i >= n)
 		return false;

@@ -13,7 +13,6 @@
  */
 #include "zip.h"
 
-#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,6 +42,10 @@
 #define FLAG_PATCHED 0x0020u      /* PKWARE patch data: not a plain record */
 #define FLAG_STRONG_CRYPTO 0x0040u
 #define FLAGS_REFUSED (FLAG_ENCRYPTED | FLAG_PATCHED | FLAG_STRONG_CRYPTO)
+
+/* The most zlib takes or gives per call (uInt).  Not UINT_MAX: <limits.h>
+ * may resolve to codec/limits.h when codec/ is on the include path. */
+#define ZLIB_CHUNK_MAX ((uInt)-1)
 
 #define METHOD_STORED 0u
 #define METHOD_DEFLATE 8u
@@ -831,7 +834,7 @@ static void feed_input(z_stream *zs, uint64_t *in_left)
 	uInt chunk;
 	if (zs->avail_in != 0 || *in_left == 0)
 		return;
-	chunk = *in_left > UINT_MAX ? UINT_MAX : (uInt)*in_left;
+	chunk = *in_left > ZLIB_CHUNK_MAX ? ZLIB_CHUNK_MAX : (uInt)*in_left;
 	zs->avail_in = chunk;
 	*in_left -= chunk;
 }
@@ -849,7 +852,7 @@ static void feed_output(z_stream *zs, uint64_t *out_left, uint8_t *spill, int *s
 		*spilling = 1;
 		return;
 	}
-	chunk = *out_left > UINT_MAX ? UINT_MAX : (uInt)*out_left;
+	chunk = *out_left > ZLIB_CHUNK_MAX ? ZLIB_CHUNK_MAX : (uInt)*out_left;
 	zs->avail_out = chunk;
 	*out_left -= chunk;
 }

@@ -180,6 +180,15 @@ static uint64_t rng_next(uint64_t *s)
 	return *s;
 }
 
+static int64_t pow10_i64(unsigned k)
+{
+	int64_t p = 1;
+
+	while (k--)
+		p *= 10;
+	return p;
+}
+
 /* The header table: hand-picked cases, alignment sweeps and seeded random shapes. */
 static unsigned make_cases(hcase *c)
 {
@@ -222,24 +231,20 @@ static unsigned make_cases(hcase *c)
 	for (unsigned i = 0; i < 32; i++)
 		s[i] = 1;
 	add(c, &n, "|b1", false, 32, s);
-	/* sweep the dict length over many residues mod 64 (incl. the full-pad case) */
+	/* every descr with a second dim of 1 to 19 digits, C and Fortran order */
 	for (unsigned d = 0; d < sizeof(descrs) / sizeof(descrs[0]); d++) {
-		int64_t p = 1;
-
-		for (unsigned k = 0; k < 19; k++, p *= 10) {
+		for (unsigned k = 0; k < 19; k++) {
 			s[0] = 2;
-			s[1] = p;
+			s[1] = pow10_i64(k);
 			add(c, &n, descrs[d], k % 2 == 1, 2, s);
 		}
 	}
-	/* every residue of the dict length mod 64, in C and Fortran order */
+	/* up to 6 dims of 1 to 19 digits each */
 	for (unsigned nd = 2; nd <= 6; nd++) {
-		int64_t p = 1;
-
-		for (unsigned k = 0; k < 19; k++, p *= 10) {
+		for (unsigned k = 0; k < 19; k++) {
 			s[0] = 3;
 			for (unsigned i = 1; i < nd; i++)
-				s[i] = p;
+				s[i] = pow10_i64(k);
 			add(c, &n, descrs[(nd + k) % (sizeof(descrs) / sizeof(descrs[0]))],
 			    (nd + k) % 2 == 0, nd, s);
 		}
@@ -256,9 +261,7 @@ static unsigned make_cases(hcase *c)
 			unsigned digits = 1 + (left < 18 ? left : 18);
 
 			left -= digits - 1;
-			s[i] = 1;
-			for (unsigned k = 1; k < digits; k++)
-				s[i] *= 10;
+			s[i] = pow10_i64(digits - 1);
 		}
 		add(c, &n, extra % 2 ? "<f4" : "<c16", false, 5, s);
 		add(c, &n, extra % 2 ? "|b1" : "<M8[ns]", true, 5, s);

@@ -124,11 +124,13 @@ static void tb_put(tb_buf *b, const void *src, size_t n)
 	b->n += n;
 }
 
+/* v as n little-endian bytes; n may exceed 8 (zero fill). */
 static void tb_le(tb_buf *b, uint64_t v, unsigned n)
 {
-	uint8_t tmp[8];
+	uint8_t tmp[16];
+	ck_assert_uint_le(n, sizeof(tmp));
 	for (unsigned i = 0; i < n; i++)
-		tmp[i] = (uint8_t)(v >> (8 * i));
+		tmp[i] = i < 8 ? (uint8_t)(v >> (8 * i)) : 0;
 	tb_put(b, tmp, n);
 }
 
@@ -247,8 +249,8 @@ static void tb_end(tb_buf *b, size_t n, uint64_t cd_off, uint64_t cd_size, const
 	}
 	tb_le(b, 0x06054b50u, 4);
 	tb_le(b, 0, 4);
-	for (int i = 0; i < 2; i++)
-		tb_le(b, o->classic_sentinels ? 0xFFFF : n + (uint64_t)o->classic_count_delta, 2);
+	for (int i = 0; i < 2; i++) /* 0xFFFF entries or more only fit in zip64 */
+		tb_le(b, o->classic_sentinels || n >= 0xFFFF ? 0xFFFF : n + (uint64_t)o->classic_count_delta, 2);
 	tb_le(b, o->classic_sentinels ? 0xFFFFFFFFu : cd_size, 4);
 	tb_le(b, o->classic_sentinels ? 0xFFFFFFFFu : cd_off, 4);
 	tb_le(b, strlen(comment), 2);
