@@ -779,6 +779,11 @@ int pf_tree_build(const pf_model *m, pf_tree *t, pf_error *err)
 		pf_fail(err, PF_E_NOMEM, 0, "out of memory");
 		goto out;
 	}
+	/* TorchScript constants (tensors the code uses) come after the object */
+	if (top->constants &&
+	    push(&w, (task){.id = top->constants, .parent = t->meta, .key = "constants", .dir = "",
+			    .comp = (const uint8_t *)"constants", .comp_len = 9}))
+		goto out;
 	if (push(&w, (task){.id = top->root, .parent = t->meta, .key = "root", .dir = ""}))
 		goto out;
 	while (w.n > 0) {

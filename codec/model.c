@@ -210,18 +210,29 @@ static bool looks_like_torch_file(const uint8_t *p, uint64_t len)
 
 /* ---- storages ---------------------------------------------------------- */
 
-static int64_t find_storage_key(const pf_model *m, uint32_t archive, const char *key)
+static uint64_t storage_hash(uint32_t archive, const char *dir, const char *key)
+{
+	return pf_hash_bytes(key, strlen(key), pf_hash_bytes(dir, strlen(dir) + 1, archive));
+}
+
+static bool storage_is(const pf_storage *st, uint32_t archive, const char *dir, const char *key)
+{
+	return st->archive == archive && strcmp(st->dir, dir) == 0 && strcmp(st->key, key) == 0;
+}
+
+/* Storages are shared by (archive, record folder, key): torch loads each key once. */
+static int64_t find_storage_key(const pf_model *m, uint32_t archive, const char *dir, const char *key)
 {
 	uint32_t idx;
-	uint64_t h = pf_hash_bytes(key, strlen(key), archive);
-	if (pf_hashmap_get(&m->key_storage, h, &idx) && m->storages[idx].archive == archive &&
-	    strcmp(m->storages[idx].key, key) == 0)
+	uint64_t h = storage_hash(archive, dir, key);
+	if (!pf_hashmap_get(&m->key_storage, h, &idx))
+		return -1;
+	if (idx < m->n_storages && storage_is(&m->storages[idx], archive, dir, key))
 		return idx;
 	/* a hash collision (crafted keys): fall back to a scan */
-	if (pf_hashmap_get(&m->key_storage, h, &idx))
-		for (uint32_t i = 0; i < m->n_storages; i++)
-			if (m->storages[i].archive == archive && strcmp(m->storages[i].key, key) == 0)
-				return i;
+	for (uint32_t i = 0; i < m->n_storages; i++)
+		if (storage_is(&m->storages[i], archive, dir, key))
+			return i;
 	return -1;
 }
 
@@ -235,7 +246,7 @@ static const char *arena_str(pf_model *m, const pf_node *s)
  * Other persistent ids (legacy whole-module saves use ('module', ...)) are
  * left as inert nodes.
  */
-static int register_persid(pf_model *m, uint32_t archive, pf_nid persid, pf_error *err)
+static int register_persid(pf_model *m, uint32_t archive, const char *dir, pf_nid persid, pf_error *err)
 {
 	pf_graph *g = &m->g;
 	const pf_node *pn = pf_node_at(g, persid);
@@ -261,12 +272,12 @@ static int register_persid(pf_model *m, uint32_t archive, pf_nid persid, pf_erro
 	const char *k = arena_str(m, key);
 	if (!k)
 		return pf_fail(err, PF_E_NOMEM, at, "out of memory");
-	int64_t found = find_storage_key(m, archive, k);
+	int64_t found = find_storage_key(m, archive, dir, k);
 	if (found >= 0)
 		return put(&m->node_storage, persid, (uint32_t)found, err);
 
 	pf_storage st = {
-		.archive = archive, .key = k, .dtype = dt, .numel = (uint64_t)numel->u.i,
+		.archive = archive, .dir = dir, .key = k, .dtype = dt, .numel = (uint64_t)numel->u.i,
 		.location = arena_str(m, loc), .location_node = pf_seq_at(g, pid, 3), .pid = pid,
 	};
 	if (!st.location ||
@@ -276,15 +287,16 @@ static int register_persid(pf_model *m, uint32_t archive, pf_nid persid, pf_erro
 		return -1;
 	uint32_t idx = m->n_storages++;
 	m->storages[idx] = st;
-	if (put(&m->key_storage, pf_hash_bytes(k, strlen(k), archive), idx, err))
+	if (put(&m->key_storage, storage_hash(archive, dir, k), idx, err))
 		return -1;
 	return put(&m->node_storage, persid, idx, err);
 }
 
-static int register_persids(pf_model *m, uint32_t archive, pf_nid lo, pf_nid hi, pf_error *err)
+static int register_persids(pf_model *m, uint32_t archive, const char *dir, pf_nid lo, pf_nid hi,
+			    pf_error *err)
 {
 	for (pf_nid id = lo; id < hi; id++)
-		if (m->g.nodes[id].kind == PF_K_PERSID && register_persid(m, archive, id, err))
+		if (m->g.nodes[id].kind == PF_K_PERSID && register_persid(m, archive, dir, id, err))
 			return -1;
 	return 0;
 }
@@ -383,7 +395,7 @@ static int open_zip_archive(pf_model *m, uint32_t archive, pf_error *err)
 	a = &m->archives[archive];
 	a->root = info.root;
 	a->protocol = info.protocol;
-	if (register_persids(m, archive, lo, (pf_nid)m->g.n_nodes, err) ||
+	if (register_persids(m, archive, "data", lo, (pf_nid)m->g.n_nodes, err) ||
 	    locate_zip_storages(m, archive, "data", first_storage, err))
 		return -1;
 	if (constants) {
@@ -391,9 +403,10 @@ static int open_zip_archive(pf_model *m, uint32_t archive, pf_error *err)
 		first_storage = m->n_storages;
 		lo = (pf_nid)m->g.n_nodes;
 		if (run_zip_pickle(m, archive, constants, &info, err) ||
-		    register_persids(m, archive, lo, (pf_nid)m->g.n_nodes, err) ||
+		    register_persids(m, archive, "constants", lo, (pf_nid)m->g.n_nodes, err) ||
 		    locate_zip_storages(m, archive, "constants", first_storage, err))
 			return -1;
+		m->archives[archive].constants = info.root;
 	}
 	return 0;
 }
@@ -419,7 +432,7 @@ static int locate_legacy_storages(pf_model *m, uint32_t archive, const pf_legacy
 	for (uint32_t i = 0; i < n; i++) {
 		const pf_node *k = pf_node_at(g, pf_seq_at(g, lg->keys, i));
 		char *key = pf_arena_strndup(&g->arena, k->u.s.p, (size_t)k->u.s.len);
-		int64_t s = key ? find_storage_key(m, archive, key) : -1;
+		int64_t s = key ? find_storage_key(m, archive, "", key) : -1;
 		if (s < 0) {
 			pf_fail(err, PF_E_FORMAT, origin + k->off, "storage key %u is not used by the object", i);
 			goto out;
@@ -472,7 +485,7 @@ static int resolve_legacy_views(pf_model *m, uint32_t archive, uint32_t first_st
 		    vo->u.i < 0 || vs->u.i < 0)
 			return pf_fail(err, PF_E_FORMAT, at, "malformed storage view");
 		char *key = pf_arena_strndup(&g->arena, vk->u.s.p, (size_t)vk->u.s.len);
-		int64_t root = key ? find_storage_key(m, archive, key) : -1;
+		int64_t root = key ? find_storage_key(m, archive, "", key) : -1;
 		if (root < 0 || !m->storages[root].have_data || m->storages[root].dtype != st->dtype)
 			return pf_fail(err, PF_E_FORMAT, at, "storage view of an unknown storage");
 		unsigned isz = pf_dtype_get(st->dtype)->itemsize;
@@ -504,7 +517,7 @@ static int open_pickle_archive(pf_model *m, uint32_t archive, pf_error *err)
 		a->container = PF_C_PICKLE;
 		a->root = first.root;
 		a->protocol = first.protocol;
-		return register_persids(m, archive, (pf_nid)a->first_node, (pf_nid)m->g.n_nodes, err);
+		return register_persids(m, archive, "", (pf_nid)a->first_node, (pf_nid)m->g.n_nodes, err);
 	}
 
 	pf_legacy lg;
@@ -515,7 +528,7 @@ static int open_pickle_archive(pf_model *m, uint32_t archive, pf_error *err)
 	a->container = PF_C_TORCH_LEGACY;
 	a->root = lg.main.root;
 	a->protocol = lg.main.protocol;
-	if (register_persids(m, archive, (pf_nid)a->first_node, (pf_nid)m->g.n_nodes, err) ||
+	if (register_persids(m, archive, "", (pf_nid)a->first_node, (pf_nid)m->g.n_nodes, err) ||
 	    locate_legacy_storages(m, archive, &lg, err) ||
 	    resolve_legacy_views(m, archive, first_storage, err))
 		return -1;

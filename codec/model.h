@@ -80,6 +80,7 @@ typedef struct pf_archive {
 	int protocol;       /* of the main pickle (data.pkl / P4 / the pickle) */
 	uint32_t seg;       /* segment holding the whole archive */
 	pf_nid root;        /* the main pickle's value */
+	pf_nid constants;   /* TorchScript: the constants.pkl tuple, else 0 */
 	pf_nid host;        /* bytes value or _load_from_bytes call it was found in; 0 at the top */
 	uint32_t depth;     /* 0 at the top */
 	pf_zip zip;         /* zip containers only */
@@ -88,7 +89,8 @@ typedef struct pf_archive {
 
 typedef struct pf_storage {
 	uint32_t archive;
-	const char *key;       /* record name data/<key> or legacy key */
+	const char *dir;       /* zip: the record folder ("data", "constants"); legacy: "" */
+	const char *key;       /* record name <dir>/<key> or legacy key */
 	pf_dtype dtype;
 	uint64_t numel;        /* elements of dtype (bytes for UntypedStorage) */
 	uint64_t nbytes;

@@ -16,9 +16,13 @@
  * Python), and the Python 2 'L' suffix that numpy filters from 1.0/2.0
  * headers.  Not accepted (numpy would): escape sequences and implicit
  * concatenation in strings, parenthesised values such as ((2, 3)), and
- * dtype names such as 'float32' instead of typestrs.  Negative dims and
- * dims above INT64_MAX are rejected although numpy's header reader lets
- * them through (no array can have them).
+ * dtype names such as 'float32' instead of typestrs, form feeds and lone
+ * '\r' outside the dict, and a last line of blanks after it (numpy's
+ * answer for those differs between 1.0/2.0 and 3.0 headers).  Negative
+ * dims and dims above INT64_MAX are rejected although numpy's header reader
+ * lets them through (no array can have them).  Headers over numpy's
+ * default max_header_size (10000 characters) are rejected, as np.load does
+ * without allow_pickle.
  */
 #include "npy.h"
 
@@ -31,15 +35,14 @@
 #define NPY_ALIGN 64           /* numpy.lib.format.ARRAY_ALIGN */
 #define NPY_GROWTH_DIGITS 21   /* numpy.lib.format.GROWTH_AXIS_MAX_DIGITS */
 #define NPY_MAX_HEADER 10000   /* numpy.lib.format._MAX_HEADER_SIZE, in characters */
-#define NPY_KEY_MAX 16         /* longer keys are unknown keys anyway */
 #define NPY_DICT_MAX 2048      /* bound on the dict text we write, see below */
 
 /*
- * Longest dict we write: the fixed text (52 bytes), a descr of at most
+ * Longest dict we write: the fixed text (53 bytes), a descr of at most
  * PF_NPY_DESCR_MAX - 1 bytes, per dim at most 19 digits and ", ", and the
  * growth spaces.
  */
-_Static_assert(52 + PF_NPY_DESCR_MAX + PF_NPY_MAX_DIMS * 21 + NPY_GROWTH_DIGITS < NPY_DICT_MAX,
+_Static_assert(53 + PF_NPY_DESCR_MAX + PF_NPY_MAX_DIMS * 21 + NPY_GROWTH_DIGITS < NPY_DICT_MAX,
 	       "NPY_DICT_MAX too small");
 
 /* ---------------------------------------------------------------------

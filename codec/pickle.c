@@ -377,6 +377,7 @@ typedef struct vm {
 	uint64_t op_pos;    /* position in buf of the opcode being run */
 	uint8_t op;
 	int protocol;
+	bool binary; /* an opcode of protocol >= 1 was seen */
 	uint64_t n_ops;
 
 	pf_nid *stack;
@@ -448,7 +449,9 @@ static char *arena_cstr(vm *m, const void *src, size_t n, uint64_t at)
 	return s;
 }
 
-/* ---- stack (CPython's Pdata) ---- */
+/* ---- stack (CPython's Pdata) ----
+ * Helpers with output parameters set them even when they fail, so that
+ * gcc's -Wmaybe-uninitialized has nothing to guess about. */
 
 /* Lowest stack height the current opcode may pop to: the innermost MARK. */
 static uint64_t fence(const vm *m)
@@ -494,6 +497,7 @@ static int need_items(vm *m, uint64_t k)
 
 static int pop(vm *m, pf_nid *out)
 {
+	*out = 0;
 	if (need_items(m, 1))
 		return -1;
 	*out = m->stack[--m->n_stack];
@@ -502,6 +506,7 @@ static int pop(vm *m, pf_nid *out)
 
 static int peek(vm *m, pf_nid *out)
 {
+	*out = 0;
 	if (need_items(m, 1))
 		return -1;
 	*out = m->stack[m->n_stack - 1];
@@ -511,6 +516,7 @@ static int peek(vm *m, pf_nid *out)
 /* Pop the innermost MARK; *mark is the stack height it recorded. */
 static int pop_mark(vm *m, uint64_t *mark)
 {
+	*mark = 0;
 	if (m->n_marks == 0)
 		return vm_fail(m, PF_E_STACK, "%s: could not find MARK", op_name(m->op));
 	*mark = m->marks[--m->n_marks];
@@ -588,6 +594,7 @@ static int memo_get(vm *m, uint64_t key, pf_nid *out)
 {
 	memo_slot *s = m->memo_cap ? memo_find(m, key) : NULL;
 
+	*out = 0;
 	if (!s || !s->val)
 		return vm_fail(m, PF_E_MEMO, "%s: memo index %llu was never PUT",
 			       op_name(m->op), (unsigned long long)key);
@@ -788,13 +795,15 @@ static int op_text_int(vm *m, bool is_long)
 	return push_span(m, PF_K_BIGINT, PF_F_DECIMAL, p, n, at);
 }
 
-/* FLOAT: repr() text, converted with strtod on a NUL-terminated copy.
- * strtod also takes hex floats and "nan(...)", which float() rejects. */
+/* FLOAT: repr() text, converted with strtod on a NUL-terminated copy
+ * (on the C stack when short, as every float Python writes is; in the
+ * arena otherwise).  strtod also takes hex floats and "nan(...)", which
+ * float() rejects, so those are refused first. */
 static int op_float(vm *m)
 {
 	const uint8_t *p;
 	uint64_t n, at;
-	char *s, *end;
+	char local[64], *s, *end;
 	pf_nid id;
 	double d;
 
@@ -802,9 +811,15 @@ static int op_float(vm *m)
 		return -1;
 	if (n == 0 || memchr(p, 'x', n) || memchr(p, 'X', n) || memchr(p, '(', n))
 		return pf_fail(m->err, PF_E_FORMAT, abs_pos(m, at), "FLOAT: argument is not a number");
-	s = arena_cstr(m, p, (size_t)n, at);
-	if (!s)
-		return -1;
+	if (n < sizeof(local)) {
+		memcpy(local, p, (size_t)n);
+		local[n] = '\0';
+		s = local;
+	} else {
+		s = arena_cstr(m, p, (size_t)n, at);
+		if (!s)
+			return -1;
+	}
 	d = strtod(s, &end);
 	if (end == s || *end != '\0')
 		return pf_fail(m->err, PF_E_FORMAT, abs_pos(m, at), "FLOAT: argument is not a number");
@@ -1656,6 +1671,10 @@ static int run_loop(vm *m)
 			return -1;
 		m->op = *p;
 		m->n_ops++;
+		/* without PROTO, any opcode beyond the protocol-0 text set means protocol 1 */
+		static const char proto0_ops[] = "(.02FILNPRSVabcdgilpst";
+		if (!memchr(proto0_ops, m->op, sizeof(proto0_ops) - 1))
+			m->binary = true;
 		if (m->op == OP_STOP)
 			return 0;
 		if (dispatch(m))
@@ -1679,7 +1698,7 @@ int pf_pickle_run(pf_graph *g, const uint8_t *buf, uint64_t len, uint64_t start,
 		rc = pop(&m, &root); /* STOP returns the top; items below it are ignored */
 	if (info) {
 		info->root = rc ? 0 : root;
-		info->protocol = m.protocol;
+		info->protocol = m.protocol ? m.protocol : m.binary ? 1 : 0;
 		info->start = start;
 		info->end = rc ? 0 : m.c.pos;
 		info->n_opcodes = m.n_ops;

@@ -146,6 +146,9 @@ typedef struct pf_pickle_info {
 	uint64_t n_opcodes;
 } pf_pickle_info;
 
+/* limits NULL means pf_limits_default().  max_nodes and max_decoded (every
+ * byte copied into the arena: decoded text, global names) count per graph;
+ * the other pickle limits count per pf_pickle_run(). */
 int pf_graph_init(pf_graph *g, const pf_limits *limits, pf_error *err);
 void pf_graph_free(pf_graph *g);
 
@@ -155,6 +158,9 @@ void pf_graph_free(pf_graph *g);
  * relative to buf, error offsets are origin + position in buf.
  * Bytes after STOP are not read.  Returns 0, or -1 with *err set; on error
  * the nodes already made stay in the graph (they are freed with it).
+ * info may be NULL; on error it still gets protocol and n_opcodes (root
+ * and end are 0).  Like CPython, STOP returns the top of the stack and
+ * ignores items and MARKs left below it.
  */
 int pf_pickle_run(pf_graph *g, const uint8_t *buf, uint64_t len, uint64_t start,
 		  uint32_t seg, uint64_t origin, pf_pickle_info *info, pf_error *err);

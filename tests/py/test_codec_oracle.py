@@ -9,6 +9,7 @@ import collections
 import json
 import os
 import subprocess
+import zlib
 
 import pytest
 
@@ -39,6 +40,9 @@ def test_field_types(model_file):
         assert isinstance(t["nbytes"], int) and t["nbytes"] >= 0
         assert isinstance(t["crc32"], int) and 0 <= t["crc32"] <= 0xFFFFFFFF
         assert t["device"] is None or isinstance(t["device"], str)
+        if "kind" in t:  # optional extra field: numpy arrays have no device, torch tensors do
+            assert t["kind"] in ("torch", "numpy")
+            assert (t["kind"] == "numpy") == (t["device"] is None), t
     assert isinstance(got["devices"], list)
     assert all(isinstance(g, list) and len(g) == 2 and all(isinstance(s, str) for s in g)
                for g in got["globals"])
@@ -169,7 +173,7 @@ def test_content_groups_oracle(content_group, fixtures_dir, manifest):
 def test_model_paths_look_like_state_dict(fixtures_dir):
     """The model's paths are its state_dict keys split on '.' (DESIGN §3.1), computed here from
     torch itself."""
-    import torch  # noqa: F401
+    import torch
     sd = torch.load(os.path.join(fixtures_dir, "sd_zip_p2.pt"), map_location="cpu")
     want = sorted(k.replace(".", "/") + ".npy" for k in sd)
     for name in ("sd_zip_p2.pt", "module_pickle_p4.pkl", "module_legacy_p2.pt"):
@@ -186,9 +190,6 @@ def test_escaped_names(fixtures_dir, manifest):
     for name in names:
         got = dump_ok(os.path.join(fixtures_dir, name))
         paths = {t["path"] for t in got["tensors"]}
-        by_value = {}
-        for t in got["tensors"]:
-            by_value.setdefault(t["path"], t)
         long = paths - want
         assert want <= paths, f"{name}: missing {sorted(want - paths)}; got {sorted(paths)}"
         assert len(long) == 1, f"{name}: unexpected paths {sorted(long)}"
@@ -196,7 +197,6 @@ def test_escaped_names(fixtures_dir, manifest):
         assert lp.endswith(".npy") and "/" not in lp and len(lp.encode()) <= 255 and lp.startswith("x" * 100), lp
         # int key 3 comes first in the dict, so it keeps "3"; the str key "3" gets "~2"
         crc_of = {t["path"]: t["crc32"] for t in got["tensors"]}
-        import zlib
         assert crc_of["3.npy"] == zlib.crc32((8).to_bytes(8, "little"))
         assert crc_of["3~2.npy"] == zlib.crc32((9).to_bytes(8, "little"))
 

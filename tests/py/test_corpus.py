@@ -37,9 +37,15 @@ def test_sha256_prefix(name):
     assert digest.startswith(row.sha_prefix), f"{name}: sha256 {digest} vs MANIFEST {row.sha_prefix}"
 
 
+def _is_numpy(r):
+    if "kind" in r:  # dump-tensors also says "kind": "torch" | "numpy"
+        return r["kind"] == "numpy"
+    return r["device"] is None
+
+
 def _counts(records):
     """(torch tensors, numpy arrays) among dump-tensors/oracle records: numpy ones have no device."""
-    numpy_n = sum(1 for r in records if r["device"] is None)
+    numpy_n = sum(1 for r in records if _is_numpy(r))
     return len(records) - numpy_n, numpy_n
 
 

@@ -825,6 +825,14 @@ START_TEST(test_parse_malformed)
 		memcpy(b + 12, d3bad, n3b);
 		ck_assert_int_eq(parse_code(b, 12 + n3b), PF_E_FORMAT);
 	}
+	/* a NUL inside the descr string */
+	{
+		static const char d[] = "{'descr':'\0f2','fortran_order':False,'shape':(2,)}";
+		uint8_t w[128];
+
+		ck_assert_int_eq(parse_code(w, wrap_v1(d, sizeof(d) - 1, w)), PF_E_FORMAT);
+		ck_assert_int_eq(parse_code(w, wrap_v1(d, 11, w)), PF_E_FORMAT);
+	}
 	/* junk, bad dicts */
 	ck_assert_int_eq(parse_dict_code("{'descr':'<f4','fortran_order':False,'shape':(2,3)}}"),
 			 PF_E_FORMAT);

@@ -1088,6 +1088,15 @@ START_TEST(test_floats)
 	FAILS("F0x10\n.", PF_E_FORMAT, 1);
 	FAILS("F1.5 \n.", PF_E_FORMAT, 1);
 	FAILS("G\x00\x00", PF_E_TRUNCATED, 1);
+
+	/* a long but valid text goes through an arena copy */
+	char p[128];
+	int n = snprintf(p, sizeof(p), "F0.%0*d1\n.", 80, 0);
+	root = load(p, (size_t)n);
+	ck_assert(N(root)->u.f == 1e-81);
+	ck_assert_uint_ge(g.arena.used, 83);
+	n = snprintf(p, sizeof(p), "F0.%0*d1z\n.", 80, 0);
+	ASSERT_FAILS(run(p, (size_t)n), PF_E_FORMAT, 1);
 }
 END_TEST
 

@@ -149,6 +149,9 @@ typedef struct tb_entry {
 	uint64_t off;           /* central header offset; default: where it was written */
 	uint16_t local_method;
 	bool zip64;             /* sizes and offset as sentinels + zip64 extra */
+	uint32_t local_crc;     /* written in the local header (torch: 0) */
+	uint64_t local_csize;   /* likewise, low 32 bits */
+	uint16_t disk;          /* central "disk number start" */
 	bool omit_zip64_extra;  /* ... but without the extra field */
 	uint64_t header_off, data_off; /* out: where the builder put them */
 } tb_entry;
@@ -158,6 +161,7 @@ typedef struct tb_opts {
 	bool classic_sentinels;    /* 0xFFFF / 0xFFFFFFFF in the classic EOCD */
 	int64_t classic_count_delta, z64_count_delta;
 	int64_t cd_off_delta;      /* added to the cd offset in both end records */
+	int64_t z64_size_delta;    /* added to the zip64 end record's size field */
 	size_t junk_before;        /* bytes before the first local header */
 	const char *comment;
 } tb_opts;
@@ -179,7 +183,9 @@ static void tb_local(tb_buf *b, tb_entry *e)
 	tb_le(b, 0x0808u | e->flags_or, 2);
 	tb_le(b, e->local_method_set ? e->local_method : e->method, 2);
 	tb_le(b, 0, 4);  /* time, date */
-	tb_le(b, 0, 12); /* crc and sizes in the data descriptor (flag bit 3) */
+	tb_le(b, e->local_crc, 4); /* torch: 0, the values are in the data descriptor */
+	tb_le(b, e->local_csize, 4);
+	tb_le(b, 0, 4);
 	tb_le(b, lnlen, 2);
 	tb_le(b, 4 + pad, 2);
 	tb_put(b, lname, lnlen);
@@ -212,7 +218,7 @@ static void tb_central(tb_buf *b, const tb_entry *e)
 	tb_le(b, tb_name_len(e), 2);
 	tb_le(b, extra, 2);
 	tb_le(b, 0, 2); /* comment */
-	tb_le(b, 0, 2); /* disk */
+	tb_le(b, e->disk, 2);
 	tb_le(b, 0, 2);
 	tb_le(b, 0, 4);
 	tb_le(b, z64 ? 0xFFFFFFFFu : off, 4);
@@ -234,7 +240,7 @@ static void tb_end(tb_buf *b, size_t n, uint64_t cd_off, uint64_t cd_size, const
 	cd_off += (uint64_t)o->cd_off_delta;
 	if (!o->no_zip64) {
 		tb_le(b, 0x06064b50u, 4);
-		tb_le(b, 44, 8);
+		tb_le(b, 44 + (uint64_t)o->z64_size_delta, 8);
 		tb_le(b, 0x031E, 2);
 		tb_le(b, 45, 2);
 		tb_le(b, 0, 8); /* disks */
@@ -346,6 +352,16 @@ static void expect_build(tb_entry *e, size_t n, const tb_opts *o, pf_code want)
 	pf_error err;
 	pf_code got = build_open(e, n, o, NULL, &err);
 	ASSERT_CODE(got, want, err);
+}
+
+/* ... and the message names the reason (so that the check under test, not
+ * a later one, refused it). */
+static void expect_build_msg(tb_entry *e, size_t n, const tb_opts *o, pf_code want, const char *why)
+{
+	pf_error err;
+	pf_code got = build_open(e, n, o, NULL, &err);
+	ASSERT_CODE(got, want, err);
+	ck_assert_msg(strstr(err.msg, why) != NULL, "message '%s' lacks '%s'", err.msg, why);
 }
 
 /* ------------------------------------------------------------------ python oracle */
@@ -738,6 +754,7 @@ START_TEST(test_encrypted_and_patch_flags)
 		e[1].flags_or = flags[i];
 		ASSERT_CODE(build_open(e, 3, NULL, NULL, &err), PF_E_ZIP, err);
 		ck_assert_ptr_nonnull(strstr(err.msg, "encrypted"));
+		ck_assert_uint_gt(err.offset, e[2].data_off); /* found in the central directory */
 	}
 }
 END_TEST
@@ -768,6 +785,24 @@ START_TEST(test_local_name_mismatch)
 	base_entries(e);
 	e[1].local_name = "archive/data/00"; /* longer */
 	expect_build(e, 3, NULL, PF_E_ZIP);
+}
+END_TEST
+
+/* Local crc/sizes: 0 (data descriptor) or equal to the central values. */
+START_TEST(test_local_values)
+{
+	tb_entry e[3];
+	base_entries(e);
+	expect_build(e, 3, NULL, PF_OK); /* computes the crc */
+	e[1].crc_set = true;
+	e[1].local_crc = e[1].crc;
+	e[1].local_csize = e[1].data_len;
+	expect_build(e, 3, NULL, PF_OK);
+	e[1].local_crc = e[1].crc ^ 0x10;
+	expect_build_msg(e, 3, NULL, PF_E_ZIP, "CRC");
+	e[1].local_crc = e[1].crc;
+	e[1].local_csize = e[1].data_len + 1;
+	expect_build_msg(e, 3, NULL, PF_E_ZIP, "sizes");
 }
 END_TEST
 
@@ -897,16 +932,27 @@ START_TEST(test_zip64_inconsistent)
 	/* sentinels without a zip64 record */
 	base_entries(e);
 	o = (tb_opts){.classic_sentinels = true, .no_zip64 = true};
-	expect_build(e, 3, &o, PF_E_ZIP);
+	expect_build_msg(e, 3, &o, PF_E_ZIP, "sentinel");
 	/* classic count contradicts zip64 */
 	base_entries(e);
 	o = (tb_opts){.classic_count_delta = -1};
-	expect_build(e, 3, &o, PF_E_ZIP);
+	expect_build_msg(e, 3, &o, PF_E_ZIP, "contradicts");
+	/* the zip64 end record must reach its locator exactly */
+	base_entries(e);
+	o = (tb_opts){.z64_size_delta = 8};
+	expect_build_msg(e, 3, &o, PF_E_ZIP, "zip64 end record");
+	base_entries(e);
+	o = (tb_opts){.z64_size_delta = -8};
+	expect_build_msg(e, 3, &o, PF_E_ZIP, "zip64 end record");
 	/* entry sentinel without a zip64 extra field */
 	base_entries(e);
 	e[1].zip64 = true;
 	e[1].omit_zip64_extra = true;
-	expect_build(e, 3, NULL, PF_E_ZIP);
+	expect_build_msg(e, 3, NULL, PF_E_ZIP, "zip64 extra");
+	/* another disk */
+	base_entries(e);
+	e[1].disk = 1;
+	expect_build_msg(e, 3, NULL, PF_E_ZIP, "disk");
 }
 END_TEST
 
@@ -966,6 +1012,18 @@ START_TEST(test_bad_names)
 	expect_name("archive/a\\b", 0, false, PF_E_ZIP);
 	expect_name("archive/a\0b", 11, false, PF_E_ZIP);
 	expect_name("", 0, false, PF_E_ZIP);
+	{
+		tb_entry e[3];
+		base_entries(e);
+		e[1].name = "";
+		expect_build_msg(e, 3, NULL, PF_E_ZIP, "empty");
+		/* all absolute: one shared (empty) prefix, still refused */
+		base_entries(e);
+		e[0].name = "/archive/data.pkl";
+		e[1].name = "/archive/data/0";
+		e[2].name = "/archive/version";
+		expect_build_msg(e, 3, NULL, PF_E_ZIP, "absolute");
+	}
 	expect_name("archive/\xff\xfe", 0, false, PF_E_ZIP); /* not UTF-8 */
 	expect_name("archive/\xc0\xaf", 0, false, PF_E_ZIP); /* overlong '/' */
 	expect_name("archive/\xed\xa0\x80", 0, false, PF_E_ZIP); /* surrogate */
@@ -1094,6 +1152,7 @@ START_TEST(test_deflated_record)
 	ASSERT_CODE(data_code(e, 2, 1, &lim, &err, NULL, NULL, NULL), PF_E_INFLATE, err);
 	e[1].usize = tn - 1;
 	ASSERT_CODE(data_code(e, 2, 1, &lim, &err, NULL, NULL, NULL), PF_E_INFLATE, err);
+	ck_assert_ptr_nonnull(strstr(err.msg, "more than the declared"));
 	e[1].usize = tn;
 	/* a cut stream, and bytes after the stream */
 	full = e[1].data_len;
@@ -1200,6 +1259,7 @@ START_TEST(test_zeros_record_limits)
 	/* a record longer than declared is caught while inflating */
 	e[1].usize = n - 1;
 	ASSERT_CODE(data_code(e, 2, 1, &lim, &err, NULL, NULL, NULL), PF_E_INFLATE, err);
+	ck_assert_ptr_nonnull(strstr(err.msg, "more than the declared"));
 	free((void *)(uintptr_t)e[1].data);
 	free(zeros);
 }
@@ -1310,6 +1370,7 @@ static Suite *zip_suite(void)
 	tcase_add_test(bad, test_unknown_method);
 	tcase_add_test(bad, test_local_name_mismatch);
 	tcase_add_test(bad, test_duplicate_names);
+	tcase_add_test(bad, test_local_values);
 	tcase_add_test(bad, test_stored_sizes_differ);
 	tcase_add_test(bad, test_overlapping_records);
 	tcase_add_test(bad, test_record_past_eof);
