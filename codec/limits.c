@@ -13,6 +13,7 @@ pf_limits pf_limits_default(void)
 		.max_inflate = 1ull << 30,
 		.max_inflate_ratio = 100ull,
 		.max_embed_depth = 8ull,
+		.max_meta = 32ull << 20,
 		.max_decoded = 1ull << 30,
 	};
 	return l;

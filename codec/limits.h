@@ -21,6 +21,7 @@ typedef struct pf_limits {
 	uint64_t max_inflate;     /* bytes one deflated record may expand to (1 GiB) */
 	uint64_t max_inflate_ratio; /* inflated/compressed size             (100) */
 	uint64_t max_embed_depth; /* torch.save files nested in bytes values (8) */
+	uint64_t max_meta;        /* estimated bytes of meta.json per model  (32 MiB) */
 	uint64_t max_decoded;     /* bytes decoded into memory per model (latin-1
 	                             text, inflated records)               (1 GiB) */
 } pf_limits;

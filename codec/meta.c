@@ -28,6 +28,7 @@ typedef struct walk {
 	const char **first_path;
 	uint32_t n_first, cap_first;
 	pf_hashmap names;      /* hash(dir, name) -> 1: names taken in a directory */
+	uint64_t meta_bytes;   /* estimate of the pretty-printed size so far */
 	pf_error *err;
 } walk;
 
@@ -143,10 +144,30 @@ static int push(walk *w, task tk)
 	return 0;
 }
 
+/*
+ * Count what a value adds to meta.json (its line, indentation, key and
+ * text).  A small pickle can reference one long string or one deep chain
+ * many times; the budget keeps the output and the memory bounded.
+ */
+static int charge(walk *w, const task *tk, json_t *v)
+{
+	w->meta_bytes += 16 + 2 * (uint64_t)tk->depth + (tk->key ? strlen(tk->key) : 0);
+	if (json_is_string(v))
+		w->meta_bytes += json_string_length(v);
+	if (w->meta_bytes > w->m->limits.max_meta)
+		return pf_fail(w->err, PF_E_LIMIT, 0, "meta.json would exceed max_meta (%llu bytes)",
+			       (unsigned long long)w->m->limits.max_meta);
+	return 0;
+}
+
 static int place(walk *w, const task *tk, json_t *v)
 {
 	if (!v)
 		return pf_fail(w->err, PF_E_NOMEM, 0, "out of memory building meta.json");
+	if (charge(w, tk, v)) {
+		json_decref(v);
+		return -1;
+	}
 	int rc = tk->key ? json_object_set_new(tk->parent, tk->key, v) : json_array_append_new(tk->parent, v);
 	return rc ? pf_fail(w->err, PF_E_NOMEM, 0, "out of memory building meta.json") : 0;
 }

@@ -340,9 +340,11 @@ def ptuple(*items):
 STORAGE_TYPES = {"FloatStorage": 4, "DoubleStorage": 8, "LongStorage": 8, "ByteStorage": 1}
 
 
-def storage_pid(stype, key, numel, location="cpu"):
-    """The persistent id torch writes: ('storage', torch.<stype>, key, location, numel)."""
-    return ptuple(pstr("storage"), pglobal("torch", stype), pstr(key), pstr(location), pint(numel)) + BINPERSID
+def storage_pid(stype, key, numel, location="cpu", legacy=False):
+    """The persistent id torch writes: ('storage', torch.<stype>, key, location, numel), and in
+    legacy files a sixth field, the view (None)."""
+    return ptuple(pstr("storage"), pglobal("torch", stype), pstr(key), pstr(location), pint(numel),
+                  *([NONE] if legacy else [])) + BINPERSID
 
 
 def rebuild_v2(pid, offset, shape, stride):
@@ -352,10 +354,10 @@ def rebuild_v2(pid, offset, shape, stride):
             + REDUCE)
 
 
-def state_dict_pickle(tensors, location="cpu"):
+def state_dict_pickle(tensors, location="cpu", legacy=False):
     """An OrderedDict state_dict pickle as torch.save writes it (protocol 2).
     tensors: [(name, stype, key, numel, offset, shape, stride)]."""
-    body = b"".join(pstr(name) + rebuild_v2(storage_pid(st, key, numel, location), off, shape, stride)
+    body = b"".join(pstr(name) + rebuild_v2(storage_pid(st, key, numel, location, legacy), off, shape, stride)
                     for name, st, key, numel, off, shape, stride in tensors)
     return (PROTO2 + pglobal("collections", "OrderedDict") + EMPTY_TUPLE + REDUCE
             + (MARK + body + SETITEMS if tensors else b"") + STOP)
@@ -499,7 +501,7 @@ def baseline_zip(pkl=None):
 
 
 def baseline_legacy():
-    return legacy_file(state_dict_pickle(BASE_TENSORS), ["0", "1"], [(4, W_DATA), (1, B_DATA)])
+    return legacy_file(state_dict_pickle(BASE_TENSORS, legacy=True), ["0", "1"], [(4, W_DATA), (1, B_DATA)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -957,7 +959,7 @@ def legacy_cases():
     cases = []
     add = lambda name, data, exp: cases.append((name, data, exp))  # noqa: E731
     both = has_tensors("w.npy", "b.npy")
-    obj = state_dict_pickle(BASE_TENSORS)
+    obj = state_dict_pickle(BASE_TENSORS, legacy=True)
     add("legacy-baseline", baseline_legacy(), ok(is_container("torch-legacy", both), "baseline: 2 tensors"))
     add("legacy-extra-key", legacy_file(obj, ["0", "1", "2"], [(4, W_DATA), (1, B_DATA), (1, B_DATA)]),
         err("bad format", r"storage key 2 is not used"))
@@ -1009,7 +1011,7 @@ def load_from_bytes(blob):
 def nested_blob(levels):
     """A legacy torch.save blob of one float storage whose persistent id carries, as its 6th
     field, a _load_from_bytes call of the next level: `levels` blobs inside the outermost."""
-    blob = legacy_file(PROTO2 + storage_pid("FloatStorage", "0", 4) + STOP, ["0"], [(4, W_DATA)])
+    blob = legacy_file(PROTO2 + storage_pid("FloatStorage", "0", 4, legacy=True) + STOP, ["0"], [(4, W_DATA)])
     for _ in range(levels):
         pid = ptuple(pstr("storage"), pglobal("torch", "FloatStorage"), pstr("0"), pstr("cpu"), pint(4),
                      load_from_bytes(blob)) + BINPERSID
@@ -1021,7 +1023,7 @@ def blob_cases():
     """torch.storage._load_from_bytes blobs in plain pickles."""
     cases = []
     add = lambda name, data, exp: cases.append((name, data, exp))  # noqa: E731
-    blob = legacy_file(PROTO2 + storage_pid("FloatStorage", "0", 4) + STOP, ["0"], [(4, W_DATA)])
+    blob = legacy_file(PROTO2 + storage_pid("FloatStorage", "0", 4, legacy=True) + STOP, ["0"], [(4, W_DATA)])
 
     def wrap(b):  # {'t': _rebuild_tensor_v2(_load_from_bytes(b), 0, (4,), (1,), False, OrderedDict())}
         return (b"\x80\x04" + EMPTY_DICT + pstr("t")
