@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "names.h"
+#include "utf8.h"
 
 /* One value waiting to be shown: where its JSON goes and where its files go. */
 typedef struct task {
@@ -34,48 +35,28 @@ typedef struct walk {
 
 /* ---- small helpers ----------------------------------------------------- */
 
-static bool valid_utf8(const uint8_t *s, size_t n)
-{
-	for (size_t i = 0; i < n;) {
-		uint8_t c = s[i];
-		size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-		if (!len || i + len > n || (len > 1 && c < 0xc2 && len == 2))
-			return false;
-		for (size_t k = 1; k < len; k++)
-			if ((s[i + k] & 0xc0) != 0x80)
-				return false;
-		if (c == 0)
-			return false;
-		i += len;
-	}
-	return true;
-}
 
-/* A JSON string of UTF-8 text; bytes that are not UTF-8 become U+FFFD. */
+/* A JSON string of UTF-8 text; bytes that are not UTF-8 (and NUL) become U+FFFD. */
 static json_t *json_text(const uint8_t *s, size_t n)
 {
-	if (valid_utf8(s, n))
+	if (pf_utf8_valid(s, n))
 		return json_stringn((const char *)s, n);
+	if (n > SIZE_MAX / 3)
+		return NULL;
 	char *buf = malloc(n * 3 + 1);
 	size_t o = 0;
 	if (!buf)
 		return NULL;
-	for (size_t i = 0; i < n; i++) {
-		if (s[i] < 0x80 && s[i] != 0) {
-			buf[o++] = (char)s[i];
-		} else if (valid_utf8(s + i, 1)) {
-			buf[o++] = (char)s[i];
+	for (size_t i = 0; i < n;) {
+		size_t k = pf_utf8_seq(s + i, n - i);
+		if (k && s[i] != 0) {
+			memcpy(buf + o, s + i, k);
+			o += k;
+			i += k;
 		} else {
-			/* keep valid multibyte sequences, replace the rest */
-			size_t len = (s[i] >> 5) == 6 ? 2 : (s[i] >> 4) == 14 ? 3 : (s[i] >> 3) == 30 ? 4 : 0;
-			if (len && i + len <= n && valid_utf8(s + i, len)) {
-				memcpy(buf + o, s + i, len);
-				o += len;
-				i += len - 1;
-			} else {
-				memcpy(buf + o, "\xef\xbf\xbd", 3);
-				o += 3;
-			}
+			memcpy(buf + o, "\xef\xbf\xbd", 3);
+			o += 3;
+			i++;
 		}
 	}
 	json_t *j = json_stringn(buf, o);
@@ -130,7 +111,8 @@ static char *claim_path(walk *w, const char *dir, const uint8_t *comp, size_t le
 static int push(walk *w, task tk)
 {
 	if (tk.depth > w->m->limits.max_depth)
-		return pf_fail(w->err, PF_E_LIMIT, 0, "object nesting deeper than max_depth (%llu)",
+		return pf_fail(w->err, PF_E_LIMIT, pf_model_node_offset(w->m, tk.id),
+			       "object nesting deeper than max_depth (%llu)",
 			       (unsigned long long)w->m->limits.max_depth);
 	if (w->n == w->cap) {
 		size_t cap = w->cap ? w->cap * 2 : 256;
@@ -155,7 +137,8 @@ static int charge(walk *w, const task *tk, json_t *v)
 	if (json_is_string(v))
 		w->meta_bytes += json_string_length(v);
 	if (w->meta_bytes > w->m->limits.max_meta)
-		return pf_fail(w->err, PF_E_LIMIT, 0, "meta.json would exceed max_meta (%llu bytes)",
+		return pf_fail(w->err, PF_E_LIMIT, pf_model_node_offset(w->m, tk->id),
+			       "meta.json would exceed max_meta (%llu bytes)",
 			       (unsigned long long)w->m->limits.max_meta);
 	return 0;
 }
@@ -387,7 +370,7 @@ static bool str_keys_unique(const pf_graph *g, pf_nid dict)
 	for (uint32_t i = 0; ok && i < n; i += 2) {
 		const pf_node *k = pf_node_at(g, pf_seq_at(g, dict, i));
 		uint32_t dummy;
-		if (!k || k->kind != PF_K_STR || !valid_utf8(k->u.s.p, (size_t)k->u.s.len)) {
+		if (!k || k->kind != PF_K_STR || !pf_utf8_valid(k->u.s.p, (size_t)k->u.s.len)) {
 			ok = false;
 			break;
 		}

@@ -710,23 +710,12 @@ static int alias_tensor(pf_model *m, pf_nid wrapper, pf_nid inner, pf_error *err
 	return put(&m->node_tensor, wrapper, idx, err);
 }
 
-static bool is_c_contiguous(const pf_tensor *t)
+/* Dense in C order (last dim fastest) or, with fortran, in Fortran order. */
+static bool is_dense(const pf_tensor *t, bool fortran)
 {
 	int64_t expect = 1;
-	for (uint32_t i = t->ndim; i-- > 0;) {
-		if (t->shape[i] == 1)
-			continue;
-		if (t->stride[i] != expect)
-			return false;
-		expect *= t->shape[i];
-	}
-	return true;
-}
-
-static bool is_f_contiguous(const pf_tensor *t)
-{
-	int64_t expect = 1;
-	for (uint32_t i = 0; i < t->ndim; i++) {
+	for (uint32_t k = 0; k < t->ndim; k++) {
+		uint32_t i = fortran ? k : t->ndim - 1 - k;
 		if (t->shape[i] == 1)
 			continue;
 		if (t->stride[i] != expect)
@@ -767,9 +756,9 @@ static int settle_layout(pf_model *m, pf_tensor *t, uint64_t base_off, uint64_t 
 	}
 	t->data_off = base_off + t->offset * t->itemsize;
 	t->fortran = false;
-	if (numel == 0 || is_c_contiguous(t))
+	if (numel == 0 || is_dense(t, false))
 		t->layout = PF_TL_CONTIGUOUS;
-	else if (t->ndim > 1 && is_f_contiguous(t)) {
+	else if (t->ndim > 1 && is_dense(t, true)) {
 		t->layout = PF_TL_CONTIGUOUS;
 		t->fortran = true;
 	} else
@@ -1089,6 +1078,12 @@ void pf_model_free(pf_model *m)
 	pf_hashmap_free(&m->node_seg);
 	pf_hashmap_free(&m->key_storage);
 	model_zero(m);
+}
+
+uint64_t pf_model_node_offset(const pf_model *m, pf_nid id)
+{
+	const pf_node *n = pf_node_at(&m->g, id);
+	return n ? seg_origin(m, n->seg) + n->off : 0;
 }
 
 const pf_tensor *pf_model_tensor_of(const pf_model *m, pf_nid id)

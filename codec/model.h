@@ -155,6 +155,10 @@ int pf_model_open(pf_model *m, const uint8_t *file, uint64_t len, const pf_limit
 		  pf_error *err);
 void pf_model_free(pf_model *m);
 
+/* Absolute offset in the model file of the opcode that made node id (for
+ * decoded bytes: of the value they were decoded from). */
+uint64_t pf_model_node_offset(const pf_model *m, pf_nid id);
+
 /* Tensor standing for node id, or NULL. */
 const pf_tensor *pf_model_tensor_of(const pf_model *m, pf_nid id);
 

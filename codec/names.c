@@ -11,6 +11,8 @@
  */
 #include "names.h"
 
+#include "utf8.h"
+
 #include <stdbool.h>
 #include <string.h>
 
@@ -37,31 +39,8 @@ static bool needs_escape(uint8_t b)
 /* Length of the valid UTF-8 sequence at p[0..n), or 1 for a byte that starts none. */
 static size_t unit_len(const uint8_t *p, size_t n)
 {
-	uint8_t b = p[0], lo = 0x80, hi = 0xbf;
-	size_t len;
-
-	if (b >= 0xc2 && b <= 0xdf)
-		len = 2;
-	else if (b >= 0xe0 && b <= 0xef)
-		len = 3;
-	else if (b >= 0xf0 && b <= 0xf4)
-		len = 4;
-	else
-		return 1;
-	if (b == 0xe0)
-		lo = 0xa0;
-	else if (b == 0xed)
-		hi = 0x9f;
-	else if (b == 0xf0)
-		lo = 0x90;
-	else if (b == 0xf4)
-		hi = 0x8f;
-	if (n < len || p[1] < lo || p[1] > hi)
-		return 1;
-	for (size_t i = 2; i < len; i++)
-		if (p[i] < 0x80 || p[i] > 0xbf)
-			return 1;
-	return len;
+	size_t len = pf_utf8_seq(p, n);
+	return len ? len : 1;
 }
 
 /* Bytes the escaped form of in[0..len) takes. */

@@ -26,6 +26,8 @@
  */
 #include "npy.h"
 
+#include "utf8.h"
+
 #include <string.h>
 
 #define NPY_MAGIC "\x93NUMPY"
@@ -704,38 +706,6 @@ static int parse_dict(pcur *c, pstate *st)
 	return 0;
 }
 
-/* Length of the UTF-8 sequence at p[0..n), 0 if invalid (strict: no overlongs, surrogates). */
-static size_t utf8_seq(const uint8_t *p, size_t n)
-{
-	uint8_t b = p[0];
-	size_t len;
-	uint8_t lo = 0x80, hi = 0xbf;
-
-	if (b < 0x80)
-		return 1;
-	if (b >= 0xc2 && b <= 0xdf)
-		len = 2;
-	else if (b >= 0xe0 && b <= 0xef)
-		len = 3;
-	else if (b >= 0xf0 && b <= 0xf4)
-		len = 4;
-	else
-		return 0;
-	if (b == 0xe0)
-		lo = 0xa0;
-	else if (b == 0xed)
-		hi = 0x9f;
-	else if (b == 0xf0)
-		lo = 0x90;
-	else if (b == 0xf4)
-		hi = 0x8f;
-	if (n < len || p[1] < lo || p[1] > hi)
-		return 0;
-	for (size_t i = 2; i < len; i++)
-		if (p[i] < 0x80 || p[i] > 0xbf)
-			return 0;
-	return len;
-}
 
 /* Check a 3.0 header is UTF-8 of at most NPY_MAX_HEADER characters. */
 static int check_utf8(const uint8_t *p, size_t n, size_t base, pf_error *err)
@@ -743,7 +713,7 @@ static int check_utf8(const uint8_t *p, size_t n, size_t base, pf_error *err)
 	size_t i = 0, chars = 0;
 
 	while (i < n) {
-		size_t k = utf8_seq(p + i, n - i);
+		size_t k = pf_utf8_seq(p + i, n - i);
 
 		if (k == 0)
 			return pf_fail(err, PF_E_FORMAT, base + i, "npy header: invalid UTF-8");

@@ -14,6 +14,7 @@
 #include "pickle.h"
 
 #include "cursor.h"
+#include "utf8.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -1069,8 +1070,9 @@ static int op_binpersid(vm *m)
 	return push_persid(m, pid);
 }
 
-/* A module or attribute name: bounded, and without NUL bytes (Python
- * could not import such a name; we keep names as C strings). */
+/* A module or attribute name: bounded, UTF-8 and without NUL bytes (Python
+ * decodes names as UTF-8 and could not import such a name; we keep names
+ * as C strings). */
 static int check_name(vm *m, const char *what, const uint8_t *p, uint64_t n, uint64_t at)
 {
 	if (n > m->g->limits.max_name_len)
@@ -1080,6 +1082,9 @@ static int check_name(vm *m, const char *what, const uint8_t *p, uint64_t n, uin
 			       (unsigned long long)m->g->limits.max_name_len);
 	if (memchr(p, '\0', (size_t)n))
 		return pf_fail(m->err, PF_E_FORMAT, abs_pos(m, at), "%s: %s contains NUL",
+			       op_name(m->op), what);
+	if (!pf_utf8_valid(p, (size_t)n))
+		return pf_fail(m->err, PF_E_FORMAT, abs_pos(m, at), "%s: %s is not UTF-8",
 			       op_name(m->op), what);
 	return 0;
 }
@@ -1225,7 +1230,7 @@ static int op_counted_tuple(vm *m, uint64_t k)
 
 	if (need_items(m, k))
 		return -1;
-	id = make_seq(m, PF_K_TUPLE, m->stack + m->n_stack - k, k);
+	id = make_seq(m, PF_K_TUPLE, k ? m->stack + m->n_stack - k : NULL, k);
 	if (!id)
 		return -1;
 	m->n_stack -= k;
@@ -1243,7 +1248,8 @@ static int op_from_mark(vm *m, pf_kind kind)
 	k = m->n_stack - mark;
 	if (kind == PF_K_DICT && k % 2)
 		return vm_fail(m, PF_E_STACK, "DICT: odd number of items");
-	id = make_seq(m, kind, m->stack + mark, k);
+	/* an empty stack has no array yet: no pointer arithmetic on NULL */
+	id = make_seq(m, kind, k ? m->stack + mark : NULL, k);
 	if (!id)
 		return -1;
 	m->n_stack = mark;
@@ -1404,7 +1410,7 @@ static int op_inst(vm *m)
 	cls = read_global_lines(m);
 	if (!cls || pop_mark(m, &mark))
 		return -1;
-	args = make_seq(m, PF_K_TUPLE, m->stack + mark, m->n_stack - mark);
+	args = make_seq(m, PF_K_TUPLE, m->n_stack > mark ? m->stack + mark : NULL, m->n_stack - mark);
 	if (!args)
 		return -1;
 	m->n_stack = mark;

@@ -5,7 +5,8 @@ This module is imported by test_malformed.py and also runs as a script:
 
   /usr/bin/python3 malformed_cases.py batch          JSON case list on stdin -> JSON results on stdout
   /usr/bin/python3 malformed_cases.py torch-fixtures OUTDIR   tiny torch/pickle fixtures (needs torch)
-  /usr/bin/python3 malformed_cases.py crafted OUTDIR  write every crafted case (for fuzz seeds, repro)
+  /usr/bin/python3 malformed_cases.py crafted OUTDIR [NAME...]   write the crafted cases (repro)
+  /usr/bin/python3 malformed_cases.py seed-corpus CORPUSDIR TINYDIR   tests/fuzz/corpus seeds
 
 The batch mode exists because forking from a process that has imported torch costs ~15 ms per
 child against ~5 ms from a bare interpreter, and the prefix/bit-flip sweeps spawn ~8,000
@@ -101,15 +102,23 @@ def _limit_as():
     resource.setrlimit(resource.RLIMIT_AS, (AS_LIMIT, AS_LIMIT))
 
 
-def run_inspect(path, binary=None, timeout=TIMEOUT_S, keep_stdout=1 << 24):
-    """Run `picklefs inspect path`; returns a dict (see check_run)."""
+def limit_self():
+    """Apply the children's RLIMIT_AS to this process (the batch runner), so that children can be
+    started with vfork instead of a fork + preexec_fn (2-3 ms less per child)."""
+    if not is_sanitized(picklefs_bin()):
+        _limit_as()
+
+
+def run_inspect(path, binary=None, timeout=TIMEOUT_S, keep_stdout=1 << 24, limit_as=True):
+    """Run `picklefs inspect path`; returns a dict (see check_run).  limit_as=False when this
+    process already runs under the limit (limit_self), which the child inherits."""
     binary = binary or picklefs_bin()
     before = sha256_file(path)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as errf:
         t0 = time.monotonic()
         p = subprocess.Popen([binary, "inspect", path], stdin=subprocess.DEVNULL, stdout=out,
                              stderr=errf, close_fds=True,
-                             preexec_fn=None if is_sanitized(binary) else _limit_as)
+                             preexec_fn=_limit_as if limit_as and not is_sanitized(binary) else None)
         killed = []
 
         def kill():
@@ -217,7 +226,7 @@ def case_bytes(case, cache):
     raise ValueError(op)
 
 
-def run_batch(cases, workers=None, binary=None, keep_outputs=False):
+def run_batch(cases, workers=None, binary=None, keep_outputs=False, limit_as=True):
     """Run the cases; returns a list of compact result dicts in case order."""
     workers = workers or max(2, min(4, 2 * (os.cpu_count() or 1)))
     cache = {}
@@ -232,7 +241,7 @@ def run_batch(cases, workers=None, binary=None, keep_outputs=False):
             data = case_bytes(case, cache)
         with open(local.path, "wb") as f:
             f.write(data)
-        r = run_inspect(local.path, binary=binary)
+        r = run_inspect(local.path, binary=binary, limit_as=limit_as)
         problems = check_run(r)
         res = {"id": case["id"], "problems": problems, "outcome": r["outcome"], "rc": r["rc"],
                "signal": r["signal"], "wall": r["wall"], "maxrss_kb": r["maxrss_kb"],
@@ -509,8 +518,15 @@ def baseline_legacy():
 #   expectation ("error", code, regex on the reason)   - exit 1 with that code and reason
 #   expectation ("ok", predicate(meta_dict, stdout_text) -> bool, what)   - exit 0 and predicate
 
-def err(code, words):
-    return ("error", code, words)
+def err(code, words, offset=None):
+    """exit 1, the code matching `code`, the reason matching `words`; offset: the exact byte offset,
+    or "nonzero" for errors found deep in a file (0 would point nowhere useful)."""
+    return ("error", code, words, offset)
+
+
+def ok_or_err(codes, words, what):
+    """Either accepted, or an error with a code matching `codes` (e.g. not "out of memory")."""
+    return ("ok-or-error", codes, words, what)
 
 
 def ok(pred=lambda meta, text: True, what="accepted"):
@@ -548,13 +564,13 @@ def pickle_cases():
     add = lambda name, data, exp: cases.append((name, data, exp))  # noqa: E731
 
     # memo
-    add("memo-get-ffffffff", PROTO2 + b"j\xff\xff\xff\xff" + STOP, err("bad memo", r"memo index 4294967295 was never PUT"))
+    add("memo-get-ffffffff", PROTO2 + b"j\xff\xff\xff\xff" + STOP, err("bad memo", r"memo index 4294967295 was never PUT", 2))
     add("memo-put-get-ffffffff", PROTO2 + NONE + b"r\xff\xff\xff\xff" + b"j\xff\xff\xff\xff" + STOP,
         ok(lambda m, t: m["root"] is None, "sparse memo index: one entry, root None"))
     add("memo-1e6-memoize", b"\x80\x04" + EMPTY_LIST + MEMOIZE * 1000000 + STOP,
         ok(lambda m, t: m["root"] == [], "10^6 MEMOIZE, exactly max_memo"))
     add("memo-1e6+1-memoize", b"\x80\x04" + EMPTY_LIST + MEMOIZE * 1000001 + STOP,
-        err("limit", r"max_memo"))
+        err("limit", r"max_memo", 3 + 1000000))
     add("memo-1e6-distinct-puts", PROTO2 + NONE + b"".join(b"r" + u32(i * 4099) for i in range(1000000)) + STOP,
         ok(lambda m, t: m["root"] is None, "10^6 sparse PUTs"))
     add("memo-1e6+1-distinct-puts",
@@ -576,18 +592,18 @@ def pickle_cases():
     # covered by the zip cases below (laughs-in-zip)
 
     # deep nesting
-    add("mark-bomb-100010", PROTO2 + MARK * 100010 + NONE + STOP, err("limit", r"max_stack"))
+    add("mark-bomb-100010", PROTO2 + MARK * 100010 + NONE + STOP, err("limit", r"max_stack", 2 + 100000))
     add("nested-lists-by-mark-50000", PROTO2 + MARK * 50000 + LIST * 50000 + STOP,
-        err("limit", r"max_depth|deeper|depth"))
+        err("limit", r"max_depth", "nonzero"))
     chain = bytearray(b"\x80\x04" + EMPTY_LIST + MEMOIZE + POP)
     for i in range(1, 100000):
         chain += EMPTY_LIST + MEMOIZE + POP + get(i - 1) + get(i) + APPEND + POP
-    add("append-chain-via-memo-1e5", bytes(chain + get(0) + STOP), err("limit", r"max_depth|deeper|depth"))
+    add("append-chain-via-memo-1e5", bytes(chain + get(0) + STOP), err("limit", r"max_depth", "nonzero"))
     add("dict-chain-via-memo-1e5",
         bytes(b"\x80\x04" + EMPTY_DICT + MEMOIZE + POP + b"".join(
             EMPTY_DICT + MEMOIZE + POP + get(i - 1) + pstr("k") + get(i) + SETITEM + POP
             for i in range(1, 100000)) + get(0) + STOP),
-        err("limit", r"max_depth|deeper|depth"))
+        err("limit", r"max_depth", "nonzero"))
     add("self-referencing-list", PROTO2 + EMPTY_LIST + put(0) + get(0) + APPEND + STOP,
         ok(lambda m, t: '"ref"' in t, "cycle shown as a ref"))
     add("tuple-1000-deep", PROTO2 + NONE + TUPLE1 * 998 + STOP, ok(what="depth just under max_depth"))
@@ -611,11 +627,11 @@ def pickle_cases():
     add("BINUNICODE-len-ffffffff", PROTO2 + b"X\xff\xff\xff\xff" + b"abc" + STOP, err("truncated", r"left"))
     add("LONG4-7fffffff", PROTO2 + b"\x8b\xff\xff\xff\x7f" + b"\x01\x02" + STOP, err("truncated", r"left"))
     add("LONG4-negative", PROTO2 + b"\x8b\xff\xff\xff\xff" + b"\x01\x02" + STOP,
-        err("bad format", r"LONG4 has negative byte count"))
+        err("bad format", r"LONG4 has negative byte count", 2))
     add("LONG4-min", PROTO2 + b"\x8b\x00\x00\x00\x80" + STOP, err("bad format", r"LONG4 has negative byte count"))
     add("BINSTRING-negative", PROTO2 + b"T\xfe\xff\xff\xff" + b"ab" + STOP,
-        err("bad format", r"BINSTRING has negative byte count"))
-    add("FRAME-past-eof", b"\x80\x04\x95" + u64(1000) + NONE + STOP, err("truncated", r"FRAME of 1000 bytes"))
+        err("bad format", r"BINSTRING has negative byte count", 2))
+    add("FRAME-past-eof", b"\x80\x04\x95" + u64(1000) + NONE + STOP, err("truncated", r"FRAME of 1000 bytes", 11))
     add("FRAME-2^64-1", b"\x80\x04\x95" + u64((1 << 64) - 1) + NONE + STOP, err("truncated", r"FRAME of"))
     add("PROTO-6", b"\x80\x06N.", err("unsupported", r"protocol 6"))
 
@@ -631,15 +647,26 @@ def pickle_cases():
         ok(lambda m, t: m["root"] == 3, "STOP returns the top, as CPython does"))
     add("stacked-pickles", PROTO2 + pint(7) + STOP + PROTO2 + pglobal("os", "system") + STOP,
         ok(lambda m, t: m["root"] == 7 and "os" not in t, "bytes after STOP are not read"))
-    add("STOP-on-empty-stack", PROTO2 + STOP, err("bad stack", r"underflow"))
-    add("unknown-opcode-ff", PROTO2 + pint(1) + b"\xff" + STOP, err("bad opcode", r"invalid opcode 0xff"))
-    add("unknown-opcode-00", PROTO2 + b"\x00" + STOP, err("bad opcode", r"invalid opcode 0x00"))
+    add("STOP-on-empty-stack", PROTO2 + STOP, err("bad stack", r"underflow", 2))
+    add("unknown-opcode-ff", PROTO2 + pint(1) + b"\xff" + STOP, err("bad opcode", r"invalid opcode 0xff", 4))
+    add("unknown-opcode-00", PROTO2 + b"\x00" + STOP, err("bad opcode", r"invalid opcode 0x00", 2))
     add("APPEND-to-int", PROTO2 + pint(1) + pint(2) + APPEND + STOP, err("bad stack", r"APPEND"))
     add("SETITEMS-odd", PROTO2 + EMPTY_DICT + MARK + pint(1) + SETITEMS + STOP, err("bad stack", r"odd"))
     add("POP_MARK-without-MARK", PROTO2 + pint(1) + b"1" + STOP, err("bad stack", r"MARK"))
     add("no-STOP", PROTO2 + pint(1), err("truncated", r""))
     add("GLOBAL-name-too-long", PROTO2 + b"c" + b"m" * 5000 + b"\nx\n" + STOP, err("bad format|limit", r"max_name_len"))
     add("GLOBAL-without-newline", PROTO2 + b"cos", err("truncated", r""))
+    # GLOBAL / INST names are UTF-8 in Python 3 (pickle decodes them); a name that is not must
+    # give a format error at the opcode (or be shown escaped) - not "out of memory" at offset 0
+    not_nomem = "bad format|bad opcode|unsupported|bad stack"
+    add("GLOBAL-name-not-utf8", PROTO2 + b"cos\nsys\xeftem\n" + STOP,
+        ok_or_err(not_nomem, r"UTF-8|utf-8|ASCII|name", "GLOBAL name with a byte 0xef"))
+    add("GLOBAL-name-not-utf8-called", PROTO2 + b"cos\nsys\xeftem\n" + EMPTY_TUPLE + REDUCE + STOP,
+        ok_or_err(not_nomem, r"UTF-8|utf-8|ASCII|name", "REDUCE of a GLOBAL named with a byte 0xef"))
+    add("STACK_GLOBAL-name-not-utf8", b"\x80\x04" + pstr(b"os") + pstr(b"sys\xeftem") + b"\x93" + STOP,
+        ok_or_err(not_nomem, r"UTF-8|utf-8|ASCII|name", "STACK_GLOBAL of a str with a byte 0xef"))
+    add("dict-key-not-utf8", PROTO2 + EMPTY_DICT + pstr(b"\xff\xfe") + pint(1) + SETITEM + STOP,
+        ok_or_err(not_nomem, r"UTF-8|utf-8", "dict key with invalid UTF-8"))
     return cases
 
 
@@ -1064,14 +1091,23 @@ def check_expectation(r, exp):
         return ["expected bounded output (<= %d bytes) or a limit error; got exit %r, %d bytes of "
                 "meta.json, %.1f s, %d KiB peak RSS: %s" % (exp[1], r["rc"], r["stdout_len"], r["wall"],
                                                             r["maxrss_kb"], r["stderr"].strip())]
+    if kind == "ok-or-error":
+        if r["rc"] == 0:
+            return []
+        exp = ("error", exp[1], exp[2], None)
+        kind = "error"
     if kind == "error":
-        _, codes, words = exp
+        _, codes, words, offset = exp
         if r["rc"] != 1:
             return ["expected an error (%s, /%s/), got exit %r: %s" % (codes, words, r["rc"], r["stdout"][:300])]
         if not re.fullmatch(codes, r.get("outcome") or ""):
             return ["expected code %r, got %r: %s" % (codes, r.get("outcome"), r["stderr"].strip())]
         if not re.search(words, r.get("msg") or ""):
             return ["expected reason /%s/, got: %s" % (words, r["stderr"].strip())]
+        if offset == "nonzero" and r.get("offset") == 0:
+            return ["error offset 0 does not point at the offending bytes: %s" % r["stderr"].strip()]
+        if isinstance(offset, int) and r.get("offset") != offset:
+            return ["expected offset %d: %s" % (offset, r["stderr"].strip())]
         return []
     _, pred, what = exp
     if r["rc"] != 0:
@@ -1131,16 +1167,58 @@ def write_crafted(outdir, names=None):
     return paths
 
 
+SEED_REAL = ["tiny_dict_long1.pkl", "np_dict_intkeys_32arrays.pkl", "sbi_minisbibm_theta_o_1.pt",
+             "legacy_cuda_skorch_net_cuda.pt", "pkl_cuda_skorch_2022_p4.pkl", "sbi_npse_zip_versiononly.pkl",
+             "ts_scripted_adder_tiny.pt"]
+
+
+def write_seed_corpus(root, tiny_dir, max_case=64 << 10):
+    """Seed corpora for tests/fuzz/corpus/{pickle,zip,archive}: the tiny torch fixtures, small real
+    files, the pickles inside the zips, and every crafted case up to max_case bytes."""
+    import zipfile
+    dirs = {k: os.path.join(root, k) for k in ("pickle", "zip", "archive")}
+    for d in dirs.values():
+        os.makedirs(d, exist_ok=True)
+
+    def put_seed(kinds, name, data):
+        for k in kinds:
+            with open(os.path.join(dirs[k], name), "wb") as f:
+                f.write(data)
+
+    def kinds_of(data):
+        return ("zip", "archive") if data[:4] == b"PK\3\4" else ("pickle", "archive")
+
+    sources = [os.path.join(tiny_dir, n) for n in TORCH_FIXTURES]
+    sources += [os.path.join(real_dir(), n) for n in SEED_REAL if os.path.exists(os.path.join(real_dir(), n))]
+    for path in sources:
+        with open(path, "rb") as f:
+            data = f.read()
+        name = "real-" + os.path.basename(path) if path.startswith(real_dir()) else os.path.basename(path)
+        put_seed(kinds_of(data), name, data)
+        if data[:4] == b"PK\3\4":
+            with zipfile.ZipFile(path) as z:
+                for info in z.infolist():
+                    if info.filename.endswith(".pkl"):
+                        put_seed(("pickle",), "%s-%s" % (name, info.filename.replace("/", "_")), z.read(info))
+    for name, data, _ in all_crafted("/tmp/pf-pwned-seed"):
+        if len(data) <= max_case:
+            put_seed(kinds_of(data), "crafted-" + name, data)
+
+
 def main(argv):
     if argv[1] == "batch":
         cases = json.loads(sys.stdin.buffer.read())
-        json.dump(run_batch(cases), sys.stdout)
+        limit_self()
+        json.dump(run_batch(cases, limit_as=False), sys.stdout)
         return 0
     if argv[1] == "torch-fixtures":
         make_torch_fixtures(argv[2])
         return 0
     if argv[1] == "check-baselines":
         check_baselines_with_torch(argv[2])
+        return 0
+    if argv[1] == "seed-corpus":
+        write_seed_corpus(argv[2], argv[3])
         return 0
     if argv[1] == "crafted":
         for p in write_crafted(argv[2], set(argv[3:]) or None):

@@ -641,9 +641,16 @@ static pf_nid load(const void *buf, size_t len)
 /* ------------------------------------------------------------------ */
 /* Every protocol, from CPython's own pickler.                         */
 
-static int want_protocol(int p)
+/* Protocols 0 and 1 have no PROTO opcode: the machine reports 1 when a
+ * binary opcode appears, as pickletools' "highest protocol among opcodes". */
+static void check_protocol(int got, int p)
 {
-	return p >= 2 ? p : 0; /* protocols 0 and 1 have no PROTO opcode */
+	if (p >= 2)
+		ck_assert_int_eq(got, p);
+	else if (p == 0)
+		ck_assert_int_eq(got, 0);
+	else
+		ck_assert(got == 0 || got == 1);
 }
 
 START_TEST(test_ints_every_protocol)
@@ -653,7 +660,7 @@ START_TEST(test_ints_every_protocol)
 	ASSERT_RENDER(root, "[0, 1, 255, 256, 65536, -1, 2147483647, -2147483648, 2147483648, "
 			    "9223372036854775807, -9223372036854775808, 9223372036854775808n, "
 			    "1267650600228229401496703205376n, True, False, None, 1.5]");
-	ck_assert_int_eq(info.protocol, want_protocol(_i));
+	check_protocol(info.protocol, _i);
 	ck_assert_uint_eq(info.start, 0);
 	ck_assert_uint_eq(pf_seq_len(&g, root), 17);
 	ck_assert_int_eq(pf_kind_of(&g, pf_seq_at(&g, root, 10)), PF_K_INT);
@@ -681,7 +688,7 @@ START_TEST(test_strings_and_bytes_every_protocol)
 	pf_node *s = N(pf_seq_at(&g, root, 1));
 
 	ASSERT_RENDER(root, want[_i]);
-	ck_assert_int_eq(info.protocol, want_protocol(_i));
+	check_protocol(info.protocol, _i);
 	/* protocol 0 decodes raw-unicode-escape into the arena; others point into the input */
 	ck_assert_int_eq(!!(s->flags & PF_F_DECODED), _i == 0);
 	if (_i > 0) {

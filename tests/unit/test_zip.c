@@ -152,6 +152,8 @@ typedef struct tb_entry {
 	uint32_t local_crc;     /* written in the local header (torch: 0) */
 	uint64_t local_csize;   /* likewise, low 32 bits */
 	uint16_t disk;          /* central "disk number start" */
+	uint16_t local_flags_or; /* added to the local flags only */
+	bool dup_zip64_extra;   /* the zip64 extra field twice */
 	bool omit_zip64_extra;  /* ... but without the extra field */
 	uint64_t header_off, data_off; /* out: where the builder put them */
 } tb_entry;
@@ -180,7 +182,7 @@ static void tb_local(tb_buf *b, tb_entry *e)
 	e->header_off = b->n;
 	tb_le(b, 0x04034b50u, 4);
 	tb_le(b, 0, 2);
-	tb_le(b, 0x0808u | e->flags_or, 2);
+	tb_le(b, 0x0808u | e->flags_or | e->local_flags_or, 2);
 	tb_le(b, e->local_method_set ? e->local_method : e->method, 2);
 	tb_le(b, 0, 4);  /* time, date */
 	tb_le(b, e->local_crc, 4); /* torch: 0, the values are in the data descriptor */
@@ -205,7 +207,7 @@ static void tb_central(tb_buf *b, const tb_entry *e)
 {
 	bool z64 = e->zip64;
 	uint64_t off = e->off_set ? e->off : e->header_off;
-	size_t extra = z64 && !e->omit_zip64_extra ? 4 + 24 : 0;
+	size_t extra = z64 && !e->omit_zip64_extra ? (4 + 24) * (e->dup_zip64_extra ? 2 : 1) : 0;
 
 	tb_le(b, 0x02014b50u, 4);
 	tb_le(b, 0, 4); /* made by, needed */
@@ -223,7 +225,7 @@ static void tb_central(tb_buf *b, const tb_entry *e)
 	tb_le(b, 0, 4);
 	tb_le(b, z64 ? 0xFFFFFFFFu : off, 4);
 	tb_put(b, e->name, tb_name_len(e));
-	if (extra) {
+	for (size_t done = 0; done < extra; done += 4 + 24) {
 		tb_le(b, 1, 2);
 		tb_le(b, 24, 2);
 		tb_le(b, e->usize, 8);
@@ -705,6 +707,23 @@ START_TEST(test_builder_baseline)
 	ck_assert_ptr_null(pf_zip_find(&z, "archive"));
 	ck_assert_ptr_null(pf_zip_find(&z, "archive/data/0/"));
 	ck_assert_ptr_null(pf_zip_find(&z, ""));
+	{
+		/* an entry used with a buffer that does not hold its record */
+		const uint8_t *d;
+		uint64_t dl;
+		bool dec;
+		pf_error_clear(&err);
+		ck_assert_int_eq(pf_zip_data(&z.entries[1], zip, z.entries[1].data_off + 15, 0, &lim, &arena,
+					     &d, &dl, &dec, &err), -1);
+		ASSERT_CODE(err.code, PF_E_ZIP, err);
+		ck_assert_ptr_null(d);
+		pf_error_clear(&err);
+		ck_assert_int_eq(pf_zip_data(&z.entries[1], zip, z.entries[1].data_off + 16, 0, &lim, &arena,
+					     &d, &dl, &dec, &err), 0);
+		ck_assert_ptr_eq(d, zip + z.entries[1].data_off);
+		ck_assert_uint_eq(dl, 16);
+		ck_assert(memcmp(d, STORAGE, 16) == 0);
+	}
 	pf_zip_free(&z);
 	pf_arena_free(&arena);
 	free(zip);
@@ -742,6 +761,49 @@ START_TEST(test_comment_length_must_match)
 }
 END_TEST
 
+/* Corrupt one byte of a built zip at `at` (from the end when negative). */
+static pf_code corrupt_open(const tb_opts *o, long at, uint8_t value, pf_error *err)
+{
+	tb_entry e[3];
+	size_t len;
+	uint8_t *zip;
+	pf_limits lim = pf_limits_default();
+	pf_code code;
+
+	base_entries(e);
+	zip = tb_build(e, 3, o, &len);
+	zip[at < 0 ? (long)len + at : at] = value;
+	code = open_code(zip, len, 0, &lim, err);
+	free(zip);
+	return code;
+}
+
+START_TEST(test_end_records)
+{
+	tb_opts classic = {.no_zip64 = true};
+	pf_error err;
+
+	/* the zip64 record's signature (56 + 20 + 22 bytes from the end) */
+	ASSERT_CODE(corrupt_open(NULL, -98, 'X', &err), PF_E_ZIP, err);
+	ck_assert_ptr_nonnull(strstr(err.msg, "does not point"));
+	/* the locator's offset points elsewhere */
+	ASSERT_CODE(corrupt_open(NULL, -22 - 20 + 8, 0x40, &err), PF_E_ZIP, err);
+	/* multi-disk: disk number, cd disk, per-disk count (classic-only zip) */
+	ASSERT_CODE(corrupt_open(&classic, -22 + 4, 1, &err), PF_E_ZIP, err);
+	ck_assert_ptr_nonnull(strstr(err.msg, "multi-disk"));
+	ASSERT_CODE(corrupt_open(&classic, -22 + 6, 1, &err), PF_E_ZIP, err);
+	ck_assert_ptr_nonnull(strstr(err.msg, "multi-disk"));
+	ASSERT_CODE(corrupt_open(&classic, -22 + 8, 2, &err), PF_E_ZIP, err);
+	ck_assert_ptr_nonnull(strstr(err.msg, "multi-disk"));
+	/* the classic record contradicting the zip64 record */
+	ASSERT_CODE(corrupt_open(NULL, -22 + 4, 1, &err), PF_E_ZIP, err);
+	ck_assert_ptr_nonnull(strstr(err.msg, "contradicts"));
+	/* the zip64 record naming another disk */
+	ASSERT_CODE(corrupt_open(NULL, -98 + 16, 1, &err), PF_E_ZIP, err);
+	ASSERT_CODE(corrupt_open(NULL, -22 - 20 + 4, 1, &err), PF_E_ZIP, err);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ tests: malformed records */
 
 START_TEST(test_encrypted_and_patch_flags)
@@ -755,6 +817,11 @@ START_TEST(test_encrypted_and_patch_flags)
 		ASSERT_CODE(build_open(e, 3, NULL, NULL, &err), PF_E_ZIP, err);
 		ck_assert_ptr_nonnull(strstr(err.msg, "encrypted"));
 		ck_assert_uint_gt(err.offset, e[2].data_off); /* found in the central directory */
+		base_entries(e);
+		e[1].local_flags_or = flags[i]; /* only the local header says so */
+		ASSERT_CODE(build_open(e, 3, NULL, NULL, &err), PF_E_ZIP, err);
+		ck_assert_ptr_nonnull(strstr(err.msg, "encrypted"));
+		ck_assert_uint_eq(err.offset, e[1].header_off);
 	}
 }
 END_TEST
@@ -948,7 +1015,11 @@ START_TEST(test_zip64_inconsistent)
 	base_entries(e);
 	e[1].zip64 = true;
 	e[1].omit_zip64_extra = true;
-	expect_build_msg(e, 3, NULL, PF_E_ZIP, "zip64 extra");
+	expect_build_msg(e, 3, NULL, PF_E_ZIP, "but no zip64 extra");
+	base_entries(e);
+	e[1].zip64 = true;
+	e[1].dup_zip64_extra = true;
+	expect_build_msg(e, 3, NULL, PF_E_ZIP, "two zip64");
 	/* another disk */
 	base_entries(e);
 	e[1].disk = 1;
@@ -1365,6 +1436,7 @@ static Suite *zip_suite(void)
 	tcase_add_test(bad, test_every_truncation_fails);
 	tcase_add_test(bad, test_bit_flips);
 	tcase_add_test(bad, test_not_a_zip);
+	tcase_add_test(bad, test_end_records);
 	tcase_add_test(bad, test_comment_length_must_match);
 	tcase_add_test(bad, test_encrypted_and_patch_flags);
 	tcase_add_test(bad, test_unknown_method);
