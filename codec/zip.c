@@ -20,6 +20,7 @@
 #include <zlib.h>
 
 #include "cursor.h"
+#include "utf8.h"
 
 /* Record signatures (little-endian "PK\x.\x."). */
 #define SIG_LOCAL 0x04034b50u
@@ -281,51 +282,6 @@ static int check_entry_count(const zip_in *in, const pf_zip *z, const end_info *
 
 /* ---------------------------------------------------------------- names */
 
-/* Length of the UTF-8 sequence at s (RFC 3629: no overlongs, surrogates or
- * code points above U+10FFFF), or 0 when it is not valid. */
-static uint32_t utf8_seq_len(const uint8_t *s, uint32_t left)
-{
-	uint8_t b = s[0];
-	uint32_t n;
-	uint8_t lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
-
-	if (b < 0x80)
-		return 1;
-	if (b >= 0xC2 && b <= 0xDF)
-		n = 2;
-	else if (b >= 0xE0 && b <= 0xEF) {
-		n = 3;
-		if (b == 0xE0)
-			lo = 0xA0;
-		if (b == 0xED)
-			hi = 0x9F;
-	} else if (b >= 0xF0 && b <= 0xF4) {
-		n = 4;
-		if (b == 0xF0)
-			lo = 0x90;
-		if (b == 0xF4)
-			hi = 0x8F;
-	} else
-		return 0;
-	if (left < n || s[1] < lo || s[1] > hi)
-		return 0;
-	for (uint32_t i = 2; i < n; i++)
-		if (s[i] < 0x80 || s[i] > 0xBF)
-			return 0;
-	return n;
-}
-
-static int is_utf8(const uint8_t *s, uint32_t n)
-{
-	for (uint32_t i = 0; i < n;) {
-		uint32_t step = utf8_seq_len(s + i, n - i);
-		if (!step)
-			return 0;
-		i += step;
-	}
-	return 1;
-}
-
 /* A ".." path component anywhere (a plain ".." inside a component, as in
  * "a..b", is harmless and allowed). */
 static int has_dotdot_component(const uint8_t *s, uint32_t n)
@@ -361,7 +317,7 @@ static int check_name(const zip_in *in, uint64_t pos, const uint8_t *s, uint32_t
 		why = "entry name contains a backslash";
 	else if (has_dotdot_component(s, n))
 		why = "entry name contains a \"..\" component";
-	else if (!is_utf8(s, n))
+	else if (!pf_utf8_valid(s, n))
 		why = "entry name is not valid UTF-8";
 	return why ? zip_fail(in, pos, why) : 0;
 }

@@ -15,7 +15,8 @@ children.  This module therefore never imports torch or numpy at module level.
 Contract checked for every run (check_run):
   * the child exits 0 or 1 (no signal, no other status) within the timeout;
   * exit 1: stderr is exactly one line "picklefs: FILE: offset N: reason (code)" with
-    N <= file size and a known code name;
+    N <= file size and a known code name, and not "out of memory" for an input under 64 MiB
+    (limits must refuse a file long before the 1 GiB address-space cap);
   * exit 0: stdout is a JSON document with "format": "picklefs-meta";
   * the input file's sha256 is unchanged.
 Children run with RLIMIT_AS = 1 GiB (not for sanitizer builds, which reserve terabytes of
@@ -186,6 +187,10 @@ def check_run(r):
                 problems.append("offset %d is past the end of the %d-byte file" % (r["offset"], r["size"]))
             if not m.group("msg").strip():
                 problems.append("empty reason")
+            if m.group("code") == "out of memory" and r["size"] < (64 << 20):
+                # the limits must refuse a file long before 1 GiB; "out of memory" for a small
+                # input is a missing limit or a mislabelled error
+                problems.append("'out of memory' for a %d-byte input" % r["size"])
     elif r["rc"] == 0:
         r["outcome"] = "ok"
         if r["stdout_len"] > len(r["stdout"].encode()):
@@ -344,9 +349,6 @@ def get(i):
 
 def ptuple(*items):
     return MARK + b"".join(items) + TUPLE
-
-
-STORAGE_TYPES = {"FloatStorage": 4, "DoubleStorage": 8, "LongStorage": 8, "ByteStorage": 1}
 
 
 def storage_pid(stype, key, numel, location="cpu", legacy=False):
@@ -610,7 +612,7 @@ def pickle_cases():
 
     # output amplification: meta.json must stay bounded by the input (T11: "never expand more
     # than the bytes actually present"), or the file must be refused with a limit error
-    bounded = ("ok-or-limit", 16 << 20)
+    bounded = ("ok-or-limit", 48 << 20)  # limits.h max_meta (32 MiB, an estimate) + slack
     add("meta-depth-amplification", PROTO2 + EMPTY_LIST + (NONE + APPEND) * 20000 + TUPLE1 * 990 + STOP, bounded)
     s10k = pstr("A" * 10000)
     add("meta-shared-str-expansion", PROTO2 + EMPTY_LIST + s10k + put(0) + APPEND
@@ -648,14 +650,19 @@ def pickle_cases():
     add("stacked-pickles", PROTO2 + pint(7) + STOP + PROTO2 + pglobal("os", "system") + STOP,
         ok(lambda m, t: m["root"] == 7 and "os" not in t, "bytes after STOP are not read"))
     add("STOP-on-empty-stack", PROTO2 + STOP, err("bad stack", r"underflow", 2))
+    # MARK on an empty stack, then an opcode that takes the marked items (none): fine for
+    # Python; fuzz_pickle found that the codec computed NULL + 0 here (UBSan pointer-overflow)
+    add("MARK-TUPLE-on-empty-stack", b"(t.", ok(lambda m, t: m["root"] == {"tuple": []}, "empty tuple"))
+    add("MARK-LIST-on-empty-stack", PROTO2 + b"(l.", ok(lambda m, t: m["root"] == [], "empty list"))
+    add("MARK-INST-on-empty-stack", b"(ios\nsystem\n.", ok(lambda m, t: "os.system" in t, "INST shown inert"))
     add("unknown-opcode-ff", PROTO2 + pint(1) + b"\xff" + STOP, err("bad opcode", r"invalid opcode 0xff", 4))
     add("unknown-opcode-00", PROTO2 + b"\x00" + STOP, err("bad opcode", r"invalid opcode 0x00", 2))
     add("APPEND-to-int", PROTO2 + pint(1) + pint(2) + APPEND + STOP, err("bad stack", r"APPEND"))
     add("SETITEMS-odd", PROTO2 + EMPTY_DICT + MARK + pint(1) + SETITEMS + STOP, err("bad stack", r"odd"))
     add("POP_MARK-without-MARK", PROTO2 + pint(1) + b"1" + STOP, err("bad stack", r"MARK"))
-    add("no-STOP", PROTO2 + pint(1), err("truncated", r""))
+    add("no-STOP", PROTO2 + pint(1), err("truncated", r"need 1 bytes", 4))
     add("GLOBAL-name-too-long", PROTO2 + b"c" + b"m" * 5000 + b"\nx\n" + STOP, err("bad format|limit", r"max_name_len"))
-    add("GLOBAL-without-newline", PROTO2 + b"cos", err("truncated", r""))
+    add("GLOBAL-without-newline", PROTO2 + b"cos", err("truncated", r"newline"))
     # GLOBAL / INST names are UTF-8 in Python 3 (pickle decodes them); a name that is not must
     # give a format error at the opcode (or be shown escaped) - not "out of memory" at offset 0
     not_nomem = "bad format|bad opcode|unsupported|bad stack"
@@ -786,7 +793,7 @@ def zip_cases():
     add("zip-overlap-quoted", _quoted_overlap(), err("bad zip", r"overlap"))
     add("zip-overlap-same-header", _same_header_overlap(), err("bad zip", r"overlap|differs|duplicate"))
     add("zip-entry-header-past-eof", _zip_variant(lambda z: _set(z.find("data/1"), c_offset=1 << 31)),
-        err("bad zip", r""))
+        err("bad zip", r"not before the central directory"))
     add("zip-entry-size-past-eof",
         _zip_variant(lambda z: _set(z.find("data/1"), c_csize=100000, c_usize=100000)),
         err("bad zip", r"past the end|central directory|outside"))
@@ -795,10 +802,11 @@ def zip_cases():
         err("bad opcode", r"invalid opcode 0x00"))
     add("zip-orphan-local-header-first", _orphan_first(), err("bad zip", r"before the first local header"))
     add("zip-pk78-prefix", _zip_variant(lambda z: _set(z, prefix_data=b"PK\7\x08" + b"\0" * 12)),
-        err("bad zip|bad format|bad opcode|truncated", r""))
+        err("bad format|bad opcode|bad stack|truncated", r""))  # not PK\3\4: read as a pickle
     add("zip-appended-zip-polyglot", baseline_zip().serialize() + baseline_zip().serialize(),
-        err("bad zip", r""))
-    add("zip-trailing-garbage", baseline_zip().serialize() + b"\0" * 100, err("bad zip", r""))
+        err("bad zip", r"zip64|end record|central directory"))
+    add("zip-trailing-garbage", baseline_zip().serialize() + b"\0" * 100,
+        err("bad zip", r"no end of central directory"))
     add("zip-entry-count-plus1", _zip_variant(lambda z: _set(z, zip64=False, eocd=dict(n_disk=5, n_total=5))),
         err("bad zip", r"entries|central directory"))
     add("zip-entry-count-minus1", _zip_variant(lambda z: _set(z, zip64=False, eocd=dict(n_disk=3, n_total=3))),
@@ -806,9 +814,9 @@ def zip_cases():
     add("zip-entry-count-zip64-mismatch", _zip_variant(lambda z: _set(z, z64=dict(n_disk=5, n_total=5))),
         err("bad zip", r"contradicts|entries"))
     add("zip-cd-offset-past-eof", _zip_variant(lambda z: _set(z, zip64=False, eocd=dict(cd_off=1 << 30))),
-        err("bad zip", r""))
+        err("bad zip", r"central directory"))
     add("zip-cd-size-wrap", _zip_variant(lambda z: _set(z, z64=dict(cd_size=(1 << 64) - 16))),
-        err("bad zip", r""))
+        err("bad zip", r"contradicts|central directory"))
 
     # zip64 sentinels and extra fields
     add("zip64-sentinel-without-extra", _zip_variant(lambda z: _set(z.find("data/0"), c_csize=0xffffffff)),
@@ -829,8 +837,9 @@ def zip_cases():
         return m
     add("zip64-extra-consistent", _zip_variant(z64_extra(16, 16)), ok(is_container("torch-zip", both), "zip64 extra sizes"))
     add("zip64-extra-size-wrap", _zip_variant(z64_extra((1 << 64) - 8, (1 << 64) - 8)),
-        err("bad zip", r""))
-    add("zip64-extra-offset-wrap", _zip_variant(z64_extra(16, 16, (1 << 64) - 8)), err("bad zip", r""))
+        err("bad zip", r"runs into the central directory or past the end"))
+    add("zip64-extra-offset-wrap", _zip_variant(z64_extra(16, 16, (1 << 64) - 8)),
+        err("bad zip", r"not before the central directory"))
     add("zip64-extra-too-short",
         _zip_variant(lambda z: _set(z.find("data/0"), c_csize=0xffffffff, c_usize=0xffffffff,
                                     c_extra=struct.pack("<HH", 1, 8) + u64(16))),
@@ -859,9 +868,9 @@ def zip_cases():
         err("limit", r"max_inflate_ratio"))
     add("zip-bomb-declared-40GB", _zip_variant(_declare_bomb(40 << 30)), err("limit", r"max_inflate"))
     add("zip-deflate-declared-too-small", _zip_variant(_declare_usize("data.pkl", 10)),
-        err("bad deflate|bad format|bad zip", r""))
+        err("bad deflate", r"declared"))
     add("zip-deflate-corrupt-stream", _zip_variant(_corrupt_deflate("data.pkl")),
-        err("bad deflate", r""))
+        err("bad deflate", r"corrupt deflate stream"))
     add("zip-deflate-crc-mismatch", _zip_variant(_deflate_bad_crc("data.pkl")), err("bad deflate", r"CRC"))
     add("zip-method-12-bzip2", _zip_variant(lambda z: _set(z.find("data/0"), c_method=12, l_method=12)),
         err("unsupported|bad zip", r"method 12"))
@@ -992,7 +1001,7 @@ def legacy_cases():
         err("bad format", r"storage key 2 is not used"))
     add("legacy-missing-key", legacy_file(obj, ["0"], [(4, W_DATA)]),
         err("bad format", r"storage 1 has no raw section"))
-    add("legacy-missing-section", legacy_file(obj, ["0", "1"], [(4, W_DATA)]), err("truncated", r""))
+    add("legacy-missing-section", legacy_file(obj, ["0", "1"], [(4, W_DATA)]), err("truncated", r"need 8 bytes"))
     add("legacy-count-mismatch", legacy_file(obj, ["0", "1"], [(3, W_DATA[:12]), (1, B_DATA)]),
         err("bad format", r"storage 0 has wrong size: expected 4 elements, got 3"))
     add("legacy-count-huge", legacy_file(obj, ["0", "1"], [(1 << 62, W_DATA), (1, B_DATA)]),
@@ -1006,7 +1015,7 @@ def legacy_cases():
         err("bad format", r"key 0 is not a str"))
     add("legacy-bad-version", LEGACY_MAGIC + PROTO2 + pint(1000) + STOP + LEGACY_SYSINFO + obj,
         err("bad format", r"1001"))
-    add("legacy-truncated-after-magic", LEGACY_MAGIC, err("truncated", r""))
+    add("legacy-truncated-after-magic", LEGACY_MAGIC, err("truncated", r"need", len(LEGACY_MAGIC)))
     # picklescan pytorch_magic_bypass: the first pickle computes the magic with REDUCE.  Python's
     # int('119547037146038801333356') would equal the magic; we never call anything, so this is
     # a plain pickle whose value is a call (and torch.load's legacy path is never taken).
@@ -1062,7 +1071,7 @@ def blob_cases():
                          pglobal("collections", "OrderedDict") + EMPTY_TUPLE + REDUCE)
                 + REDUCE + SETITEM + STOP)
     add("blob-baseline", wrap(blob), ok(is_container("pickle", has_tensors("t.npy")), "one tensor from a blob"))
-    add("blob-truncated", wrap(blob[:-3]), err("truncated", r""))
+    add("blob-truncated", wrap(blob[:-3]), err("truncated", r"need"))
     add("blob-not-torch", wrap(PROTO2 + pint(1) + STOP), err("bad format", r"does not hold a storage"))
     add("blob-not-bytes",
         b"\x80\x04" + pglobal("torch.storage", "_load_from_bytes") + pint(5) + TUPLE1 + REDUCE + STOP,
