@@ -110,22 +110,35 @@ def limit_self():
         _limit_as()
 
 
-def run_inspect(path, binary=None, timeout=TIMEOUT_S, keep_stdout=1 << 24, limit_as=True):
+GNU_TIME = "/usr/bin/time"
+
+
+def run_inspect(path, binary=None, timeout=TIMEOUT_S, keep_stdout=1 << 24, limit_as=True, exact_rss=False):
     """Run `picklefs inspect path`; returns a dict (see check_run).  limit_as=False when this
-    process already runs under the limit (limit_self), which the child inherits."""
+    process already runs under the limit (limit_self), which the child inherits.  exact_rss:
+    run it under GNU time (when installed), whose %M is picklefs' own peak RSS, where wait4()
+    also counts the pages of the Python process it was forked from."""
     binary = binary or picklefs_bin()
     before = sha256_file(path)
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as errf:
+    argv = [binary, "inspect", path]
+    timed = exact_rss and os.access(GNU_TIME, os.X_OK)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as errf, \
+            tempfile.NamedTemporaryFile(prefix="pf-rss-") as rssf:
+        if timed:
+            argv = [GNU_TIME, "-f", "%M", "-o", rssf.name] + argv
         t0 = time.monotonic()
-        p = subprocess.Popen([binary, "inspect", path], stdin=subprocess.DEVNULL, stdout=out,
-                             stderr=errf, close_fds=True,
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=errf, close_fds=True,
+                             start_new_session=timed,
                              preexec_fn=_limit_as if limit_as and not is_sanitized(binary) else None)
         killed = []
 
         def kill():
             killed.append(True)
             try:
-                os.kill(p.pid, signal.SIGKILL)
+                if timed:
+                    os.killpg(p.pid, signal.SIGKILL)
+                else:
+                    os.kill(p.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
 
@@ -142,14 +155,26 @@ def run_inspect(path, binary=None, timeout=TIMEOUT_S, keep_stdout=1 << 24, limit
         stdout = out.read(keep_stdout)
         errf.seek(0)
         stderr = errf.read(1 << 16)
+        rc = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        maxrss = ru.ru_maxrss
+        if timed and sig is None:
+            # GNU time exits 128+N when picklefs dies of signal N and says so in its -o file
+            lines = open(rssf.name).read().splitlines()
+            m = re.match(r"Command terminated by signal (\d+)", lines[0]) if lines else None
+            if m:
+                rc, sig = None, int(m.group(1))
+            if lines and lines[-1].isdigit():
+                maxrss = int(lines[-1])
     return {
         "path": path,
         "size": os.path.getsize(path),
-        "rc": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-        "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+        "rc": rc,
+        "signal": sig,
         "timed_out": bool(killed),
+        "timeout": timeout,
         "wall": wall,
-        "maxrss_kb": ru.ru_maxrss,
+        "maxrss_kb": maxrss,
         "stdout_len": stdout_len,
         "stdout": stdout.decode("utf-8", "replace"),
         "stderr": stderr.decode("utf-8", "replace"),
@@ -162,7 +187,7 @@ def check_run(r):
     Adds r["outcome"]: "ok" or the error code name, and r["offset"] / r["msg"] on errors."""
     problems = []
     if r["timed_out"]:
-        problems.append("timed out after %.0f s" % TIMEOUT_S)
+        problems.append("timed out after %.0f s" % r.get("timeout", TIMEOUT_S))
     if r["signal"] is not None:
         problems.append("killed by signal %d (%s)" % (r["signal"], signal.Signals(r["signal"]).name))
     elif r["rc"] not in (0, 1):
@@ -211,7 +236,13 @@ def check_run(r):
 # Batches: many derived inputs of a few source files, run in a thread pool.
 #
 # A case is {"id": str, "src": path, "op": "whole" | "prefix" | "flip", "n": int}:
-#   prefix: the first n bytes of src;  flip: src with bit n (byte n // 8, bit n % 8) inverted.
+#   prefix: the first n bytes of src;  flip: src with bit n (byte n // 8, bit n % 8) inverted;
+#   "keep_stdout": true returns the child's stdout (meta.json) too;
+#   "exact_rss": true measures picklefs' peak RSS with GNU time (one more exec per case).
+#
+# Peak RSS: wait4() reports the larger of the child's own peak and the RSS of the process it
+# was forked from, so children are best started from this small runner; values near the
+# runner's own ~20-30 MiB are upper bounds, larger ones are picklefs' own peak.
 
 def case_bytes(case, cache):
     src = case["src"]
@@ -242,17 +273,20 @@ def run_batch(cases, workers=None, binary=None, keep_outputs=False, limit_as=Tru
     def one(case):
         if not hasattr(local, "path"):
             local.path = os.path.join(tmp, "case-%d" % threading.get_ident())
-        with lock:
-            data = case_bytes(case, cache)
-        with open(local.path, "wb") as f:
-            f.write(data)
-        r = run_inspect(local.path, binary=binary, limit_as=limit_as)
+        if case["op"] != "whole":  # "whole" runs on src itself (which must not change)
+            with lock:
+                data = case_bytes(case, cache)
+            with open(local.path, "wb") as f:
+                f.write(data)
+        r = run_inspect(local.path if case["op"] != "whole" else case["src"], binary=binary,
+                        limit_as=limit_as, exact_rss=bool(case.get("exact_rss")))
         problems = check_run(r)
         res = {"id": case["id"], "problems": problems, "outcome": r["outcome"], "rc": r["rc"],
                "signal": r["signal"], "wall": r["wall"], "maxrss_kb": r["maxrss_kb"],
-               "stdout_len": r["stdout_len"], "offset": r.get("offset"), "msg": r.get("msg")}
-        if problems or keep_outputs:
-            res["stderr"] = r["stderr"][:2000]
+               "stdout_len": r["stdout_len"], "offset": r.get("offset"), "msg": r.get("msg"),
+               "stderr": r["stderr"][:2000]}
+        if keep_outputs or case.get("keep_stdout"):
+            res["stdout"] = r["stdout"]
         return res
 
     try:

@@ -130,19 +130,30 @@ CRAFTED = mc.all_crafted(MARKER)
 CRAFTED_MAX = {"wall": 0.0, "rss": 0, "name_wall": "", "name_rss": ""}
 
 
+@pytest.fixture(scope="module")
+def crafted_results(tmp_path_factory, picklefs_binary):
+    """All crafted cases, run at once by the batch runner (in parallel; peak RSS measured with
+    GNU time where installed, else wait4's upper bound)."""
+    d = tmp_path_factory.mktemp("crafted")
+    cases = []
+    for name, data, _ in CRAFTED:
+        (d / name).write_bytes(data)
+        cases.append({"id": name, "src": str(d / name), "op": "whole", "n": 0, "keep_stdout": True,
+                      "exact_rss": True})
+    return {r["id"]: r for r in mc.run_batch_subprocess(cases)}
+
+
 @pytest.mark.parametrize("crafted", CRAFTED, ids=[c[0] for c in CRAFTED])
-def test_crafted(crafted, tmp_path, picklefs_binary, record_property):
+def test_crafted(crafted, crafted_results, record_property):
     name, data, expectation = crafted
-    path = tmp_path / name
-    path.write_bytes(data)
-    r = mc.run_inspect(str(path), binary=picklefs_binary)
+    r = crafted_results[name]
     record_property("wall_s", round(r["wall"], 4))
     record_property("maxrss_kb", r["maxrss_kb"])
     if r["wall"] > CRAFTED_MAX["wall"]:
         CRAFTED_MAX.update(wall=r["wall"], name_wall=name)
     if r["maxrss_kb"] > CRAFTED_MAX["rss"]:
         CRAFTED_MAX.update(rss=r["maxrss_kb"], name_rss=name)
-    problems = mc.check_run(r) + mc.check_expectation(r, expectation)
+    problems = r["problems"] + mc.check_expectation(r, expectation)
     if r["wall"] > WALL_ASSERT_S:
         problems.append("took %.1f s" % r["wall"])
     if r["maxrss_kb"] > RSS_BUDGET_KB:
