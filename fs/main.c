@@ -7,6 +7,7 @@
  * 2 for usage and I/O errors.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,7 +42,17 @@ static int inspect(const char *path)
 		fprintf(stderr, "picklefs: %s: %s\n", path, strerror(-rc));
 		return 2;
 	}
-	if (pf_model_open(&m, mf.data, mf.len, NULL, &err)) {
+	bool parsed = pf_model_open(&m, mf.data, mf.len, NULL, &err) == 0;
+	/* a page the pager could not read was given as zeros: never trust that parse */
+	rc = pf_mapfile_error(&mf);
+	if (rc) {
+		fprintf(stderr, "picklefs: %s: %s\n", path, strerror(-rc));
+		if (parsed)
+			pf_model_free(&m);
+		pf_mapfile_close(&mf);
+		return 2;
+	}
+	if (!parsed) {
 		fprintf(stderr, "picklefs: %s: offset %llu: %s (%s)\n", path, (unsigned long long)err.offset,
 			err.msg, pf_code_name(err.code));
 		pf_mapfile_close(&mf);

@@ -47,7 +47,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "dump-tensors: cannot open %s\n", argv[1]);
 		return 2;
 	}
-	if (pf_model_open(&m, mf.data, mf.len, NULL, &err) || pf_tree_build(&m, &t, &err)) {
+	if (pf_model_open(&m, mf.data, mf.len, NULL, &err) || pf_mapfile_error(&mf) ||
+	    pf_tree_build(&m, &t, &err)) {
 		fprintf(stderr, "dump-tensors: %s: offset %llu: %s\n", argv[1], (unsigned long long)err.offset,
 			err.msg);
 		return 1;
