@@ -783,6 +783,13 @@ int pf_tree_build(const pf_model *m, pf_tree *t, pf_error *err)
 		pf_fail(err, PF_E_NOMEM, 0, "out of memory");
 		goto out;
 	}
+	/* the model directory's own files: a key with these names gets "~2" */
+	static const char *const reserved[] = {"meta.json", "device", "globals"};
+	for (size_t i = 0; i < sizeof(reserved) / sizeof(reserved[0]); i++)
+		if (!pf_hashmap_put(&w.names, name_key("", reserved[i]), 1)) {
+			pf_fail(err, PF_E_NOMEM, 0, "out of memory");
+			goto out;
+		}
 	/* TorchScript constants (tensors the code uses) come after the object */
 	if (top->constants &&
 	    push(&w, (task){.id = top->constants, .parent = t->meta, .key = "constants", .dir = "",

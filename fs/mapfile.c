@@ -121,13 +121,8 @@ static int map_direct(pf_mapfile *mf)
 	return 0;
 }
 
-int pf_mapfile_open(pf_mapfile *mf, const char *path)
+static int map_open_fd(pf_mapfile *mf)
 {
-	memset(mf, 0, sizeof(*mf));
-	mf->uffd = mf->stop_fd = -1;
-	mf->fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (mf->fd < 0)
-		return -errno;
 	if (fstat(mf->fd, &mf->st) < 0 || !S_ISREG(mf->st.st_mode)) {
 		int e = S_ISREG(mf->st.st_mode) ? -errno : -EINVAL;
 		close(mf->fd);
@@ -143,6 +138,26 @@ int pf_mapfile_open(pf_mapfile *mf, const char *path)
 		mf->fd = -1;
 	}
 	return rc;
+}
+
+int pf_mapfile_open(pf_mapfile *mf, const char *path)
+{
+	memset(mf, 0, sizeof(*mf));
+	mf->uffd = mf->stop_fd = -1;
+	mf->fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (mf->fd < 0)
+		return -errno;
+	return map_open_fd(mf);
+}
+
+int pf_mapfile_open_fd(pf_mapfile *mf, int fd)
+{
+	memset(mf, 0, sizeof(*mf));
+	mf->uffd = mf->stop_fd = -1;
+	mf->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	if (mf->fd < 0)
+		return -errno;
+	return map_open_fd(mf);
 }
 
 int pf_mapfile_error(pf_mapfile *mf)

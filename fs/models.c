@@ -1,0 +1,316 @@
+#include "models.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+pf_view_key pfs_key_of(const struct stat *st)
+{
+	pf_view_key k = {
+		.dev = (uint64_t)st->st_dev, .ino = (uint64_t)st->st_ino, .size = (uint64_t)st->st_size,
+		.mtime_sec = (int64_t)st->st_mtim.tv_sec, .mtime_nsec = (int64_t)st->st_mtim.tv_nsec,
+	};
+	return k;
+}
+
+int pfs_errno_of(const pf_error *err)
+{
+	switch (err->code) {
+	case PF_OK: return 0;
+	case PF_E_NOMEM: return ENOMEM;
+	case PF_E_LIMIT: return EFBIG;
+	case PF_E_UNSUPPORTED: return EOPNOTSUPP;
+	default: return EIO; /* malformed model bytes */
+	}
+}
+
+static uint64_t child_key(uint32_t dir, const char *name)
+{
+	return pf_hash_bytes(name, strlen(name), 0x9e3779b97f4a7c15ull ^ dir);
+}
+
+static int index_children(pfs_model *ms)
+{
+	ms->nlink = calloc(ms->view.n ? ms->view.n : 1, sizeof(*ms->nlink));
+	if (!ms->nlink)
+		return -1;
+	for (uint32_t i = 0; i < ms->view.n; i++) {
+		const pf_ventry *e = &ms->view.e[i];
+		ms->nlink[i] = e->kind == PF_VE_DIR ? 2 : 1;
+		if (e->kind == PF_VE_TENSOR && e->link != i)
+			ms->nlink[e->link]++;
+		if (i > 0 && !pf_hashmap_put(&ms->children, child_key(e->parent, e->name), i))
+			return -1;
+	}
+	/* every path of a tensor counts all of them */
+	for (uint32_t i = 0; i < ms->view.n; i++)
+		if (ms->view.e[i].kind == PF_VE_TENSOR)
+			ms->nlink[i] = ms->nlink[ms->view.e[i].link];
+	return 0;
+}
+
+int64_t pfs_model_child(const pfs_model *ms, uint32_t dir, const char *name)
+{
+	uint32_t idx;
+	if (pf_hashmap_get(&ms->children, child_key(dir, name), &idx) && ms->view.e[idx].parent == dir &&
+	    strcmp(ms->view.e[idx].name, name) == 0)
+		return idx;
+	/* a hash collision between two names of one model: fall back to a scan */
+	return pf_view_child(&ms->view, dir, name);
+}
+
+/* ---- the index cache --------------------------------------------------- */
+
+static void cache_path(char *out, size_t cap, const char *dir, const pf_view_key *k)
+{
+	snprintf(out, cap, "%s/%016llx-%016llx.idx", dir, (unsigned long long)k->dev, (unsigned long long)k->ino);
+}
+
+static uint8_t *slurp(const char *path, size_t *len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	uint8_t *buf = NULL;
+	if (fd < 0)
+		return NULL;
+	/* an index is small; a huge file there is not ours */
+	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0 && st.st_size < (256 << 20)) {
+		buf = malloc((size_t)st.st_size);
+		if (buf && pread(fd, buf, (size_t)st.st_size, 0) != st.st_size) {
+			free(buf);
+			buf = NULL;
+		}
+		*len = (size_t)st.st_size;
+	}
+	close(fd);
+	return buf;
+}
+
+static bool cache_load(pfs_model *ms, const char *dir)
+{
+	char path[4096];
+	size_t len = 0;
+	pf_error err = {0};
+	cache_path(path, sizeof(path), dir, &ms->key);
+	uint8_t *buf = slurp(path, &len);
+	if (!buf)
+		return false;
+	int rc = pf_view_decode(buf, len, &ms->key, &ms->view, &err);
+	free(buf);
+	return rc == 0; /* corrupt, foreign or stale: parsed again and rewritten */
+}
+
+static int mkdirs(const char *dir)
+{
+	char tmp[4096];
+	snprintf(tmp, sizeof(tmp), "%s", dir);
+	for (char *p = tmp + 1; *p; p++)
+		if (*p == '/') {
+			*p = '\0';
+			if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
+				return -1;
+			*p = '/';
+		}
+	return mkdir(tmp, 0700) < 0 && errno != EEXIST ? -1 : 0;
+}
+
+/* Write the entry beside its final name and rename it over: never half an entry. */
+static void cache_store(const pfs_model *ms, const char *dir)
+{
+	uint8_t *buf;
+	size_t len;
+	pf_error err = {0};
+	char path[4096], tmp[4200];
+	if (pf_view_encode(&ms->view, &ms->key, &buf, &len, &err))
+		return;
+	if (mkdirs(dir) == 0) {
+		cache_path(path, sizeof(path), dir, &ms->key);
+		snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid());
+		int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		if (fd >= 0) {
+			bool ok = write(fd, buf, len) == (ssize_t)len;
+			close(fd);
+			if (!ok || rename(tmp, path) < 0)
+				unlink(tmp);
+		}
+	}
+	free(buf);
+}
+
+/* ---- loading ------------------------------------------------------------ */
+
+static pfs_model *model_new(void)
+{
+	pfs_model *ms = calloc(1, sizeof(*ms));
+	if (!ms)
+		return NULL;
+	atomic_init(&ms->refs, 1);
+	ms->fd = -1;
+	pf_hashmap_init(&ms->children);
+	pf_hashmap_init(&ms->path_tensor);
+	pthread_mutex_init(&ms->lock, NULL);
+	return ms;
+}
+
+/* Parse the model (once); the caller holds ms->lock. */
+static int ensure_parsed(pfs_model *ms, pf_error *err)
+{
+	if (ms->parsed)
+		return 0;
+	int rc = pf_mapfile_open_fd(&ms->mf, ms->fd);
+	if (rc)
+		return pf_fail(err, PF_E_FORMAT, 0, "cannot map the model file: %s", strerror(-rc));
+	if (pf_model_open(&ms->model, ms->mf.data, ms->mf.len, NULL, err)) {
+		pf_mapfile_close(&ms->mf);
+		return -1;
+	}
+	if (pf_mapfile_error(&ms->mf) || pf_tree_build(&ms->model, &ms->tree, err)) {
+		pf_fail(err, PF_E_FORMAT, 0, "I/O error reading the model file");
+		pf_model_free(&ms->model);
+		pf_mapfile_close(&ms->mf);
+		return -1;
+	}
+	/* a view from the cache names tensors by path: index the parsed ones so */
+	for (uint32_t i = 0; i < ms->tree.n_files; i++) {
+		const char *path = ms->tree.files[i].path;
+		if (!pf_hashmap_put(&ms->path_tensor, pf_hash_bytes(path, strlen(path), 7), i)) {
+			pf_tree_free(&ms->tree);
+			pf_model_free(&ms->model);
+			pf_mapfile_close(&ms->mf);
+			return pf_fail(err, PF_E_NOMEM, 0, "out of memory");
+		}
+	}
+	ms->parsed = true;
+	return 0;
+}
+
+pfs_model *pfs_model_load(int dirfd, const char *name, const char *cache_dir, pf_error *err)
+{
+	pfs_model *ms = model_new();
+	struct stat st;
+	if (!ms) {
+		pf_fail(err, PF_E_NOMEM, 0, "out of memory");
+		return NULL;
+	}
+	ms->fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
+	if (ms->fd < 0 || fstat(ms->fd, &st) < 0) {
+		pf_fail(err, PF_E_FORMAT, 0, "cannot open: %s", strerror(errno));
+		goto fail;
+	}
+	ms->key = pfs_key_of(&st);
+	ms->mtime = st.st_mtim;
+	ms->ctime = st.st_ctim;
+	if (cache_dir && cache_load(ms, cache_dir)) {
+		ms->from_cache = true;
+	} else {
+		pthread_mutex_lock(&ms->lock);
+		int rc = ensure_parsed(ms, err);
+		pthread_mutex_unlock(&ms->lock);
+		if (rc || pf_view_build(&ms->model, &ms->tree, &ms->view, err))
+			goto fail;
+		if (cache_dir)
+			cache_store(ms, cache_dir);
+	}
+	if (index_children(ms)) {
+		pf_fail(err, PF_E_NOMEM, 0, "out of memory");
+		goto fail;
+	}
+	return ms;
+fail:
+	pfs_model_unref(ms);
+	return NULL;
+}
+
+void pfs_model_ref(pfs_model *ms)
+{
+	atomic_fetch_add(&ms->refs, 1);
+}
+
+void pfs_model_unref(pfs_model *ms)
+{
+	if (!ms || atomic_fetch_sub(&ms->refs, 1) != 1)
+		return;
+	if (ms->parsed) {
+		pf_tree_free(&ms->tree);
+		pf_model_free(&ms->model);
+		pf_mapfile_close(&ms->mf);
+	}
+	pf_view_free(&ms->view);
+	pf_hashmap_free(&ms->children);
+	pf_hashmap_free(&ms->path_tensor);
+	free(ms->nlink);
+	pthread_mutex_destroy(&ms->lock);
+	if (ms->fd >= 0)
+		close(ms->fd);
+	free(ms);
+}
+
+/* Tensor data that must be decoded (strided, latin-1 text, inflated). */
+static ssize_t read_decoded(pfs_model *ms, const pf_ventry *e, uint64_t off, void *buf, size_t n)
+{
+	pf_error err = {0};
+	pthread_mutex_lock(&ms->lock);
+	int rc = ensure_parsed(ms, &err);
+	pthread_mutex_unlock(&ms->lock);
+	if (rc)
+		return -pfs_errno_of(&err);
+	/* the view came from this very file version: its paths are the tree's */
+	uint32_t f;
+	const pf_ventry *first = &ms->view.e[e->link];
+	if (!pf_hashmap_get(&ms->path_tensor, pf_hash_bytes(first->path, strlen(first->path), 7), &f) ||
+	    strcmp(ms->tree.files[f].path, first->path) != 0)
+		return -EIO;
+	const pf_tensor *t = &ms->model.tensors[ms->tree.files[f].tensor];
+	if (t->nbytes != e->data_len)
+		return -EIO;
+	if (pf_tensor_read(&ms->model, t, off, buf, n, &err))
+		return -pfs_errno_of(&err);
+	return (ssize_t)n;
+}
+
+ssize_t pfs_model_read(pfs_model *ms, uint32_t idx, uint64_t off, void *buf, size_t n)
+{
+	const pf_ventry *e = &ms->view.e[idx];
+	uint8_t *out = buf;
+	size_t done = 0;
+
+	if (off >= e->size)
+		return 0;
+	if (n > e->size - off)
+		n = (size_t)(e->size - off);
+	if (e->kind != PF_VE_TENSOR) {
+		memcpy(out, e->text + off, n);
+		return (ssize_t)n;
+	}
+	if (off < e->header_len) {
+		size_t h = e->header_len - off < n ? (size_t)(e->header_len - off) : n;
+		memcpy(out, e->header + off, h);
+		done = h;
+		off += h;
+	}
+	if (done == n)
+		return (ssize_t)n;
+	uint64_t doff = off - e->header_len;
+	size_t want = n - done;
+	if (e->needs_model) {
+		ssize_t r = read_decoded(ms, e, doff, out + done, want);
+		return r < 0 ? r : (ssize_t)(done + (size_t)r);
+	}
+	while (want > 0) {
+		ssize_t r = pread(ms->fd, out + done, want, (off_t)((uint64_t)e->data_off + doff));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0)
+			return -EIO; /* the file is shorter than when it was loaded */
+		done += (size_t)r;
+		doff += (uint64_t)r;
+		want -= (size_t)r;
+	}
+	return (ssize_t)done;
+}
