@@ -413,7 +413,8 @@ static int pack_entry(msgpack_packer *pk, const pf_ventry *e)
 	r |= msgpack_pack_int64(pk, e->data_off);
 	r |= msgpack_pack_uint64(pk, e->data_len);
 	r |= e->needs_model ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
-	r |= pack_bytes(pk, e->text, e->text ? e->size : 0);
+	bool text = e->kind != PF_VE_DIR && e->kind != PF_VE_TENSOR;
+	r |= pack_bytes(pk, text ? e->text : NULL, text ? (size_t)e->size : 0);
 	return r ? -1 : 0;
 }
 
