@@ -387,8 +387,11 @@ int pf_view_build(const pf_model *m, const pf_tree *t, pf_view *v, pf_error *err
 
 /* ------------------------------------------------------------------ encode */
 
+/* p[0..n) as a bin; a NULL p is an empty bin. */
 static int pack_bytes(msgpack_packer *pk, const void *p, size_t n)
 {
+	if (!p)
+		n = 0;
 	if (msgpack_pack_bin(pk, n))
 		return -1;
 	return n ? msgpack_pack_bin_body(pk, p, n) : 0;

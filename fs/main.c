@@ -89,6 +89,7 @@ static int inspect(const char *path)
 
 typedef struct mount_opts {
 	char *source;
+	const char *mountpoint; /* as given; fuse_parse_cmdline takes it later */
 	char *cache;
 	int ro;
 	int n_positional;
@@ -114,6 +115,8 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 		o->source = strdup(arg);
 		return 0;
 	}
+	if (key == FUSE_OPT_KEY_NONOPT && o->n_positional == 2)
+		o->mountpoint = arg;
 	return 1;
 }
 
@@ -139,7 +142,17 @@ static int mount_main(int argc, char **argv)
 	pfs *fs = NULL;
 	int rc = 1;
 
-	if (fuse_opt_parse(&args, &mo, picklefs_opts, opt_proc) < 0 || fuse_parse_cmdline(&args, &opts) != 0) {
+	struct stat st;
+	if (fuse_opt_parse(&args, &mo, picklefs_opts, opt_proc) < 0) {
+		fprintf(stderr, "picklefs: bad arguments (see picklefs --help)\n");
+		goto out;
+	}
+	/* checked here so that a bad mountpoint gets our one line, not libfuse's and ours */
+	if (mo.mountpoint && (stat(mo.mountpoint, &st) < 0 || !S_ISDIR(st.st_mode))) {
+		fprintf(stderr, "picklefs: %s: mountpoint is not a directory\n", mo.mountpoint);
+		goto out;
+	}
+	if (fuse_parse_cmdline(&args, &opts) != 0) {
 		fprintf(stderr, "picklefs: bad arguments (see picklefs --help)\n");
 		goto out;
 	}
@@ -159,7 +172,6 @@ static int mount_main(int argc, char **argv)
 		fprintf(stderr, "picklefs: need SOURCE and MOUNTPOINT (see picklefs --help)\n");
 		goto out;
 	}
-	struct stat st;
 	if (stat(opts.mountpoint, &st) < 0 || !S_ISDIR(st.st_mode)) {
 		fprintf(stderr, "picklefs: %s: mountpoint is not a directory\n", opts.mountpoint);
 		goto out;

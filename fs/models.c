@@ -188,6 +188,27 @@ static int ensure_parsed(pfs_model *ms, pf_error *err)
 	return 0;
 }
 
+/*
+ * The view answers everything unless a tensor needs decoding: then the
+ * parsed model stays (parsing again would cost more); else it goes, with
+ * its buffer and pager thread.
+ */
+static void release_unneeded_parse(pfs_model *ms)
+{
+	for (uint32_t i = 0; i < ms->view.n; i++)
+		if (ms->view.e[i].kind == PF_VE_TENSOR && ms->view.e[i].needs_model)
+			return;
+	pthread_mutex_lock(&ms->lock);
+	if (ms->parsed) {
+		pf_tree_free(&ms->tree);
+		pf_model_free(&ms->model);
+		pf_mapfile_close(&ms->mf);
+		pf_hashmap_free(&ms->path_tensor);
+		ms->parsed = false;
+	}
+	pthread_mutex_unlock(&ms->lock);
+}
+
 pfs_model *pfs_model_load(int dirfd, const char *name, const char *cache_dir, pf_error *err)
 {
 	pfs_model *ms = model_new();
@@ -214,6 +235,7 @@ pfs_model *pfs_model_load(int dirfd, const char *name, const char *cache_dir, pf
 			goto fail;
 		if (cache_dir)
 			cache_store(ms, cache_dir);
+		release_unneeded_parse(ms);
 	}
 	if (index_children(ms)) {
 		pf_fail(err, PF_E_NOMEM, 0, "out of memory");

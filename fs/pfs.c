@@ -349,7 +349,8 @@ static int node_stat(pfs *fs, node *n, struct stat *st)
 		if ((rc = model_file_stat(fs, n, &src)))
 			return rc;
 		check_model(fs, n, &src);
-		if (n->failed) {
+		/* a model that did not parse is its plain file, except as the mount's root */
+		if (n->failed && n->ino != FUSE_ROOT_ID) {
 			*st = src;
 			break;
 		}
@@ -575,6 +576,8 @@ static int list_dir(pfs *fs, node *n, dir_handle *d)
 	}
 	node *m = n->kind == N_MODEL ? n : n->model;
 	pfs_model *ms = model_of(fs, m);
+	if (!ms && n->ino == FUSE_ROOT_ID)
+		return 0; /* a single model file that does not parse: an empty directory */
 	if (!ms)
 		return n->kind == N_MODEL ? -ENOTDIR : -ESTALE;
 	int64_t dir = n->kind == N_MODEL ? 0 : entry_index(ms, n->rel);
