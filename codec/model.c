@@ -1042,6 +1042,28 @@ out:
 	return rc;
 }
 
+int pf_model_sniff(const uint8_t *file, uint64_t len, pf_error *err)
+{
+	if (len >= 2 && file[0] == 0x80 && file[1] >= 2 && file[1] <= 5)
+		return 1;
+	if (len < 4 || memcmp(file, "PK\3\4", 4) != 0)
+		return 0;
+	pf_limits limits = pf_limits_default();
+	pf_arena arena;
+	pf_zip z;
+	int found = 0;
+	pf_arena_init(&arena);
+	if (pf_zip_open_directory(&z, file, len, &limits, &arena, err) == 0) {
+		found = pf_zip_find_rel(&z, "data.pkl") != NULL;
+		if (!found)
+			pf_fail(err, PF_E_FORMAT, z.cd_off, "zip has no %s/data.pkl record: not a torch.save file",
+				z.prefix);
+		pf_zip_free(&z);
+	}
+	pf_arena_free(&arena);
+	return found;
+}
+
 int pf_model_open(pf_model *m, const uint8_t *file, uint64_t len, const pf_limits *limits, pf_error *err)
 {
 	model_zero(m);

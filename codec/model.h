@@ -150,6 +150,14 @@ typedef struct pf_model {
 	pf_hashmap key_storage;   /* hash(archive, key) -> storage index */
 } pf_model;
 
+/*
+ * Whether file[0..len) may be a model, from its first bytes and, for a zip,
+ * its central directory (a torch.save or TorchScript zip has
+ * <prefix>/data.pkl): 1 yes, 0 no, with *err saying why not when the file
+ * looks like a zip.  No pickle is run.
+ */
+int pf_model_sniff(const uint8_t *file, uint64_t len, pf_error *err);
+
 /* Parse file[0..len); limits may be NULL for the defaults. */
 int pf_model_open(pf_model *m, const uint8_t *file, uint64_t len, const pf_limits *limits,
 		  pf_error *err);

@@ -85,4 +85,21 @@ typedef struct pf_view_key {
 int pf_view_encode(const pf_view *v, const pf_view_key *key, uint8_t **out, size_t *len, pf_error *err);
 int pf_view_decode(const uint8_t *buf, size_t len, const pf_view_key *key, pf_view *v, pf_error *err);
 
+/*
+ * Notes (view.c has the format):
+ *  - pf_view_build and pf_view_decode leave *v empty on failure (nothing to
+ *    free; pf_view_free is harmless); on success the caller frees it.
+ *  - pf_view_encode's *out is malloc'd: release it with free().
+ *  - Fields that do not apply to an entry's kind hold fixed values: link =
+ *    the entry's own index, tensor 0, header NULL / header_len 0,
+ *    data_off -1, data_len 0, needs_model false, text NULL (directories and
+ *    tensors); directories have size 0.  Every text is NUL-terminated.
+ *  - needs_model is exactly data_off == -1.  A decoded data_off range lies
+ *    within key->size bytes.
+ *  - A decoded `tensor` is only as good as the cache: check it against
+ *    pf_model.n_tensors of the re-parsed model before using it.
+ *  - Memory failures are PF_E_NOMEM; everything else decode rejects is
+ *    PF_E_FORMAT.
+ */
+
 #endif

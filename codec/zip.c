@@ -13,6 +13,8 @@
  */
 #include "zip.h"
 
+#include <stdbool.h>
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -651,7 +653,7 @@ static int check_overlaps(const zip_in *in, const pf_zip *z)
 
 /* ---------------------------------------------------------------- open / free */
 
-static int open_entries(const zip_in *in, pf_zip *z, const end_info *end)
+static int open_entries(const zip_in *in, pf_zip *z, const end_info *end, bool locals)
 {
 	uint64_t *pos;
 	int rc = 0;
@@ -666,26 +668,38 @@ static int open_entries(const zip_in *in, pf_zip *z, const end_info *end)
 	}
 	if (read_central_directory(in, z, end, pos) || check_prefix(in, z, pos) || build_index(in, z, pos))
 		rc = -1;
-	for (uint32_t i = 0; i < z->n_entries && rc == 0; i++)
+	for (uint32_t i = 0; i < z->n_entries && rc == 0 && locals; i++)
 		rc = check_local(in, &z->entries[i], end->cd_off);
-	if (rc == 0)
+	if (rc == 0 && locals)
 		rc = check_overlaps(in, z);
 	free(pos);
 	return rc;
 }
 
-int pf_zip_open(pf_zip *z, const uint8_t *buf, uint64_t len, uint64_t origin,
-		const pf_limits *limits, pf_arena *arena, pf_error *err)
+static int open_zip(pf_zip *z, const uint8_t *buf, uint64_t len, uint64_t origin, const pf_limits *limits,
+		    pf_arena *arena, pf_error *err, bool locals)
 {
 	zip_in in = {buf, len, origin, limits, arena, err};
 	end_info end = {0, 0, 0, 0};
 
 	memset(z, 0, sizeof(*z));
-	if (read_end(&in, z, &end) || check_entry_count(&in, z, &end) || open_entries(&in, z, &end)) {
+	if (read_end(&in, z, &end) || check_entry_count(&in, z, &end) || open_entries(&in, z, &end, locals)) {
 		pf_zip_free(z);
 		return -1;
 	}
 	return 0;
+}
+
+int pf_zip_open(pf_zip *z, const uint8_t *buf, uint64_t len, uint64_t origin,
+		const pf_limits *limits, pf_arena *arena, pf_error *err)
+{
+	return open_zip(z, buf, len, origin, limits, arena, err, true);
+}
+
+int pf_zip_open_directory(pf_zip *z, const uint8_t *buf, uint64_t len, const pf_limits *limits,
+			  pf_arena *arena, pf_error *err)
+{
+	return open_zip(z, buf, len, 0, limits, arena, err, false);
 }
 
 void pf_zip_free(pf_zip *z)

@@ -72,6 +72,15 @@ int pf_zip_open(pf_zip *z, const uint8_t *buf, uint64_t len, uint64_t origin,
 		const pf_limits *limits, pf_arena *arena, pf_error *err);
 void pf_zip_free(pf_zip *z);
 
+/*
+ * Only the end records and the central directory: names, sizes and the
+ * shared prefix, without reading any local header (so only the file's tail
+ * is touched).  Entries' data_off is 0.  For telling whether a zip is a
+ * torch.save file (has <prefix>/data.pkl) without parsing it.
+ */
+int pf_zip_open_directory(pf_zip *z, const uint8_t *buf, uint64_t len, const pf_limits *limits,
+			  pf_arena *arena, pf_error *err);
+
 /* Entry named exactly `name`, or NULL. */
 const pf_zip_entry *pf_zip_find(const pf_zip *z, const char *name);
 

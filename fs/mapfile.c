@@ -150,6 +150,28 @@ int pf_mapfile_open(pf_mapfile *mf, const char *path)
 	return map_open_fd(mf);
 }
 
+int pf_mapfile_open_direct(pf_mapfile *mf, int fd)
+{
+	memset(mf, 0, sizeof(*mf));
+	mf->uffd = mf->stop_fd = -1;
+	mf->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	if (mf->fd < 0)
+		return -errno;
+	if (fstat(mf->fd, &mf->st) < 0 || !S_ISREG(mf->st.st_mode)) {
+		int e = S_ISREG(mf->st.st_mode) ? -errno : -EINVAL;
+		close(mf->fd);
+		mf->fd = -1;
+		return e;
+	}
+	mf->len = (uint64_t)mf->st.st_size;
+	int rc = mf->len ? map_direct(mf) : 0;
+	if (rc) {
+		close(mf->fd);
+		mf->fd = -1;
+	}
+	return rc;
+}
+
 int pf_mapfile_open_fd(pf_mapfile *mf, int fd)
 {
 	memset(mf, 0, sizeof(*mf));

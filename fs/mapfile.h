@@ -43,6 +43,9 @@ int pf_mapfile_open(pf_mapfile *mf, const char *path);
 /* The same for a file already open (fd is duplicated; the caller keeps its own). */
 int pf_mapfile_open_fd(pf_mapfile *mf, int fd);
 
+/* Map an open file directly (no pager thread): for a quick look at a few pages. */
+int pf_mapfile_open_direct(pf_mapfile *mf, int fd);
+
 /* 0, or -errno when a page could not be read (its bytes were given as zeros). */
 int pf_mapfile_error(pf_mapfile *mf);
 

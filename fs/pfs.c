@@ -202,19 +202,31 @@ static char *join(const char *dir, const char *name)
 
 /* ---- models ------------------------------------------------------------ */
 
-/* Is the regular file at rel a model candidate?  Only its first bytes are read. */
-static bool looks_like_model(pfs *fs, const char *rel)
+/*
+ * Is the regular file at rel a model?  Its first bytes say pickle or zip,
+ * and a zip's central directory must name <prefix>/data.pkl: nothing is
+ * parsed (no pickle is run), only the file's head and tail are read.
+ * 1 yes, 0 no; *err says why not when the file looked like a zip.
+ */
+static int sniff_model(pfs *fs, const char *rel, pf_error *err)
 {
 	uint8_t b[4] = {0};
 	int fd = openat(fs->src_fd, rel, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0)
-		return false;
+		return 0;
 	ssize_t n = pread(fd, b, sizeof(b), 0);
+	int yes = 0;
+	if (n >= 2 && b[0] == 0x80 && b[1] >= 2 && b[1] <= 5) {
+		yes = 1;
+	} else if (n >= 4 && memcmp(b, "PK\3\4", 4) == 0) {
+		pf_mapfile mf;
+		if (pf_mapfile_open_direct(&mf, fd) == 0) {
+			yes = pf_model_sniff(mf.data, mf.len, err);
+			pf_mapfile_close(&mf);
+		}
+	}
 	close(fd);
-	if (n >= 4 && memcmp(b, "PK\3\4", 4) == 0)
-		return true;
-	/* binary pickles (and legacy torch.save files) start with PROTO 2..5 */
-	return n >= 2 && b[0] == 0x80 && b[1] >= 2 && b[1] <= 5;
+	return yes;
 }
 
 static bool key_eq(const pf_view_key *a, const pf_view_key *b)
@@ -408,11 +420,20 @@ static int child_entry(pfs *fs, node *parent, const char *name, struct fuse_entr
 			free(rel);
 			return err;
 		}
-		bool model = S_ISREG(st.st_mode) && looks_like_model(fs, rel);
+		pf_error why = {0};
+		bool model = S_ISREG(st.st_mode) && sniff_model(fs, rel, &why);
 		child = node_find_or_add(fs, model ? N_MODEL : N_PASS, NULL, rel, ino_of(NULL, rel));
 		free(rel);
 		if (!child)
 			return -ENOMEM;
+		pf_view_key k = pfs_key_of(&st);
+		if (why.code && !(child->failed && key_eq(&child->failed_key, &k))) {
+			/* a zip that is not a model: said once per version of the file */
+			child->failed = true;
+			child->failed_key = k;
+			pfs_log(fs, "%s: offset %llu: %s (%s)", child->rel, (unsigned long long)why.offset, why.msg,
+				pf_code_name(why.code));
+		}
 		if (child->kind == N_MODEL && !model) {
 			/* it was a model and no longer looks like one */
 			child->kind = N_PASS;

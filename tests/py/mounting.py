@@ -205,16 +205,31 @@ def cache_entries(cache):
     return sorted(out)
 
 
-def walk(root):
-    """{relative path: lstat result} for root ("") and every entry below it; reads no file."""
+def walk(root, errors=None):
+    """{relative path: lstat result} for root ("") and every entry below it; reads no file.
+    With an errors list, an entry that cannot be listed or stat'ed is recorded there as
+    (relative path, exception) and the walk goes on; without one the error is raised."""
     out = {"": os.lstat(root)}
     stack = [""]
     while stack:
         rel = stack.pop()
         full = os.path.join(root, rel) if rel else root
-        for name in sorted(os.listdir(full)):
+        try:
+            names = sorted(os.listdir(full))
+        except OSError as e:
+            if errors is None:
+                raise
+            errors.append((rel, e))
+            continue
+        for name in names:
             r = f"{rel}/{name}" if rel else name
-            st = os.lstat(os.path.join(root, r))
+            try:
+                st = os.lstat(os.path.join(root, r))
+            except OSError as e:
+                if errors is None:
+                    raise
+                errors.append((r, e))
+                continue
             out[r] = st
             if stat.S_ISDIR(st.st_mode):
                 stack.append(r)

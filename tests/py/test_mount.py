@@ -121,9 +121,15 @@ def _diff(got, want, what):
            f"unexpected {extra[:15]}{'...' if len(extra) > 15 else ''}"
 
 
+def require_dir(root):
+    st = os.lstat(root)
+    assert stat.S_ISDIR(st.st_mode), (
+        f"{root} is shown as {stat.filemode(st.st_mode)}, not as a model directory")
+
+
 def check_tree(root, exp, snap=None):
+    require_dir(root)
     snap = snap if snap is not None else walk(root)
-    assert stat.S_ISDIR(snap[""].st_mode), f"{root} is not a directory"
     files = {r for r, st in snap.items() if r and stat.S_ISREG(st.st_mode)}
     dirs = {r for r, st in snap.items() if r and stat.S_ISDIR(st.st_mode)}
     other = {r: stat.filemode(st.st_mode) for r, st in snap.items()
@@ -134,6 +140,7 @@ def check_tree(root, exp, snap=None):
 
 
 def check_texts(root, exp):
+    require_dir(root)
     def read(name):
         with open(os.path.join(root, name), "rb") as f:
             return f.read()
@@ -251,6 +258,7 @@ def tensor_records(root, exp, sizes=None):
 
 
 def check_tensors(root, exp, sizes=None):
+    require_dir(root)
     records = tensor_records(root, exp, sizes)
     want = describe(exp.src)["tensors"]
     g, w = dump_multiset(records, want, True), multiset(want, True)
@@ -259,6 +267,7 @@ def check_tensors(root, exp, sizes=None):
 
 
 def check_attrs(root, exp, snap, mtime_ns):
+    require_dir(root)
     problems = []
     for rel, st in snap.items():
         if st.st_mtime_ns != mtime_ns:
@@ -322,7 +331,7 @@ def corpus_src(tmp_path_factory):
     return str(src)
 
 
-CorpusMount = collections.namedtuple("CorpusMount", "mount src first")
+CorpusMount = collections.namedtuple("CorpusMount", "mount src first errors")
 
 
 @pytest.fixture(scope="module")
@@ -330,8 +339,15 @@ def corpus_mount(corpus_src, tmp_path_factory):
     base = tmp_path_factory.mktemp("corpus-mnt")
     with mounted(corpus_src, base / "mnt", base / "cache", expect=[NEG_LINE]) as m:
         # every attribute as first seen, before anything is read
-        first = walk(m.mountpoint)
-        yield CorpusMount(m, corpus_src, first)
+        errors = []
+        first = walk(m.mountpoint, errors)
+        yield CorpusMount(m, corpus_src, first, errors)
+
+
+def _walk_errors(cm, name):
+    errs = [f"{r}: {type(e).__name__}: {e}" for r, e in cm.errors
+            if r == name or r.startswith(name + "/")]
+    assert not errs, f"walking {name} in the mount failed:\n" + "\n".join(errs[:20])
 
 
 def _sub(first, name):
@@ -343,15 +359,22 @@ def test_mount_root_lists_every_file(corpus_mount):
     names = sorted(os.listdir(corpus_mount.src))
     got = sorted(os.listdir(corpus_mount.mount.mountpoint))
     assert got == names
+    bad = []
     for n in names:
         st = corpus_mount.first[n]
-        if n in NEGATIVE:
-            assert stat.S_ISREG(st.st_mode), f"{n}: {stat.filemode(st.st_mode)}, want a plain file"
-        else:
-            assert stat.S_ISDIR(st.st_mode), f"{n}: {stat.filemode(st.st_mode)}, want a directory"
+        want_dir = n not in NEGATIVE
+        if stat.S_ISDIR(st.st_mode) != want_dir or not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+            bad.append(f"{n}: {stat.filemode(st.st_mode)}, want a {'directory' if want_dir else 'plain file'}")
+    assert not bad, f"{len(bad)} wrong entry type(s):\n" + "\n".join(bad)
+
+
+def test_mount_walk_errors(corpus_mount):
+    errs = [f"{r}: {type(e).__name__}: {e}" for r, e in corpus_mount.errors]
+    assert not errs, f"{len(errs)} entries could not be listed or stat'ed:\n" + "\n".join(errs[:30])
 
 
 def test_mount_tree(model_file, corpus_mount):
+    _walk_errors(corpus_mount, model_file.name)
     snap = _sub(corpus_mount.first, model_file.name)
     assert snap, f"{model_file.name} not in the mount"
     check_tree(corpus_mount.mount.path(model_file.name), expected(model_file.path), snap)
@@ -371,6 +394,7 @@ def test_mount_tensors(model_file, corpus_mount):
 
 
 def test_mount_attrs(model_file, corpus_mount):
+    _walk_errors(corpus_mount, model_file.name)
     mtime = os.stat(os.path.join(corpus_mount.src, model_file.name)).st_mtime_ns
     check_attrs(corpus_mount.mount.path(model_file.name), expected(model_file.path),
                 _sub(corpus_mount.first, model_file.name), mtime)
