@@ -1046,6 +1046,13 @@ int pf_model_sniff(const uint8_t *file, uint64_t len, pf_error *err)
 {
 	if (len >= 2 && file[0] == 0x80 && file[1] >= 2 && file[1] <= 5)
 		return 1;
+	/* protocol 0/1 legacy files start with the magic number as LONG text */
+	if (len >= sizeof(legacy_magic_text) - 1 &&
+	    memcmp(file, legacy_magic_text, sizeof(legacy_magic_text) - 1) == 0)
+		return 1;
+	/* protocol 0/1 pickles: a container or global opcode first, STOP last */
+	if (len >= 2 && strchr("(}])c", file[0]) && file[0] && file[len - 1] == '.')
+		return 1;
 	if (len < 4 || memcmp(file, "PK\3\4", 4) != 0)
 		return 0;
 	pf_limits limits = pf_limits_default();

@@ -151,10 +151,12 @@ typedef struct pf_model {
 } pf_model;
 
 /*
- * Whether file[0..len) may be a model, from its first bytes and, for a zip,
- * its central directory (a torch.save or TorchScript zip has
- * <prefix>/data.pkl): 1 yes, 0 no, with *err saying why not when the file
- * looks like a zip.  No pickle is run.
+ * Whether file[0..len) may be a model, without running any pickle: a binary
+ * pickle (PROTO 2-5 first); a protocol 0/1 legacy file (the magic as LONG
+ * text first); a protocol 0/1 pickle (MARK, EMPTY_DICT, EMPTY_LIST,
+ * EMPTY_TUPLE or GLOBAL first and STOP last); a zip whose central directory
+ * names <prefix>/data.pkl.  1 yes, 0 no, with *err saying why not when the
+ * file looks like a zip.
  */
 int pf_model_sniff(const uint8_t *file, uint64_t len, pf_error *err);
 

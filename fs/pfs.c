@@ -19,8 +19,10 @@
 
 /* Model entries change only when their file does, and we say so then. */
 #define LONG_TIMEOUT 3600.0
-/* Mirrored entries and model names: changes come from outside, unannounced. */
+/* Mirrored entries: changes come from outside, unannounced. */
 #define SHORT_TIMEOUT 1.0
+/* A model's own directory: asked every time, so a replaced file is seen at once. */
+#define MODEL_TIMEOUT 0.0
 
 typedef enum node_kind {
 	N_PASS,   /* a mirrored file, folder or symlink of SOURCE */
@@ -39,6 +41,9 @@ typedef struct node {
 	pfs_model *opened_ms; /* N_ENTRY: version last opened (keep_cache only if unchanged) */
 	bool failed;          /* N_MODEL: did not parse; shown as the plain file */
 	pf_view_key failed_key;
+	bool sniffed;         /* sniff_model's answer is known for sniff_key */
+	bool sniff_model;
+	pf_view_key sniff_key;
 } node;
 
 typedef struct notice {
@@ -203,27 +208,20 @@ static char *join(const char *dir, const char *name)
 /* ---- models ------------------------------------------------------------ */
 
 /*
- * Is the regular file at rel a model?  Its first bytes say pickle or zip,
- * and a zip's central directory must name <prefix>/data.pkl: nothing is
- * parsed (no pickle is run), only the file's head and tail are read.
+ * Is the regular file at rel a model (pf_model_sniff)?  No pickle is run;
+ * only the file's head and tail are read.
  * 1 yes, 0 no; *err says why not when the file looked like a zip.
  */
 static int sniff_model(pfs *fs, const char *rel, pf_error *err)
 {
-	uint8_t b[4] = {0};
 	int fd = openat(fs->src_fd, rel, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	pf_mapfile mf;
+	int yes = 0;
 	if (fd < 0)
 		return 0;
-	ssize_t n = pread(fd, b, sizeof(b), 0);
-	int yes = 0;
-	if (n >= 2 && b[0] == 0x80 && b[1] >= 2 && b[1] <= 5) {
-		yes = 1;
-	} else if (n >= 4 && memcmp(b, "PK\3\4", 4) == 0) {
-		pf_mapfile mf;
-		if (pf_mapfile_open_direct(&mf, fd) == 0) {
-			yes = pf_model_sniff(mf.data, mf.len, err);
-			pf_mapfile_close(&mf);
-		}
+	if (pf_mapfile_open_direct(&mf, fd) == 0) {
+		yes = pf_model_sniff(mf.data, mf.len, err);
+		pf_mapfile_close(&mf);
 	}
 	close(fd);
 	return yes;
@@ -421,12 +419,20 @@ static int child_entry(pfs *fs, node *parent, const char *name, struct fuse_entr
 			return err;
 		}
 		pf_error why = {0};
-		bool model = S_ISREG(st.st_mode) && sniff_model(fs, rel, &why);
-		child = node_find_or_add(fs, model ? N_MODEL : N_PASS, NULL, rel, ino_of(NULL, rel));
-		free(rel);
-		if (!child)
-			return -ENOMEM;
 		pf_view_key k = pfs_key_of(&st);
+		child = node_find_or_add(fs, N_PASS, NULL, rel, ino_of(NULL, rel));
+		if (!child) {
+			free(rel);
+			return -ENOMEM;
+		}
+		/* the first bytes are read again only when the file changed */
+		if (!child->sniffed || !key_eq(&child->sniff_key, &k)) {
+			child->sniff_model = S_ISREG(st.st_mode) && sniff_model(fs, rel, &why);
+			child->sniff_key = k;
+			child->sniffed = true;
+		}
+		free(rel);
+		bool model = child->sniff_model;
 		if (why.code && !(child->failed && key_eq(&child->failed_key, &k))) {
 			/* a zip that is not a model: said once per version of the file */
 			child->failed = true;
@@ -441,8 +447,8 @@ static int child_entry(pfs *fs, node *parent, const char *name, struct fuse_entr
 		} else if (child->kind == N_PASS && model) {
 			child->kind = N_MODEL;
 		}
-		e->entry_timeout = SHORT_TIMEOUT;
-		e->attr_timeout = SHORT_TIMEOUT;
+		e->entry_timeout = child->kind == N_MODEL ? MODEL_TIMEOUT : SHORT_TIMEOUT;
+		e->attr_timeout = e->entry_timeout;
 	} else {
 		node *m = parent->kind == N_MODEL ? parent : parent->model;
 		pfs_model *ms = model_of(fs, m);
@@ -476,6 +482,36 @@ static pfs *fs_of(fuse_req_t req)
 	return fuse_req_userdata(req);
 }
 
+/*
+ * Send the queued page/attribute invalidations now, from this request's
+ * thread and without the lock, so that the reply that follows already sees
+ * a replaced model's new version.  Entry invalidations stay with the
+ * notifier thread: the kernel may hold the parent's lock during this request.
+ */
+static void flush_inode_notices(pfs *fs)
+{
+	notice *mine = NULL, **tail = &mine;
+	pthread_mutex_lock(&fs->lock);
+	for (notice **pp = &fs->notices; *pp;) {
+		notice *n = *pp;
+		if (!n->name) {
+			*pp = n->next;
+			n->next = NULL;
+			*tail = n;
+			tail = &n->next;
+		} else {
+			pp = &n->next;
+		}
+	}
+	pthread_mutex_unlock(&fs->lock);
+	while (mine) {
+		notice *n = mine;
+		mine = n->next;
+		fuse_lowlevel_notify_inval_inode(fs->se, n->ino, 0, 0);
+		free(n);
+	}
+}
+
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	pfs *fs = fs_of(req);
@@ -484,6 +520,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	node *p = node_get(fs, parent);
 	int rc = p ? child_entry(fs, p, name, &e) : -ESTALE;
 	pthread_mutex_unlock(&fs->lock);
+	flush_inode_notices(fs);
 	if (rc)
 		fuse_reply_err(req, -rc);
 	else
@@ -522,8 +559,9 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	pthread_mutex_lock(&fs->lock);
 	node *n = node_get(fs, ino);
 	int rc = n ? node_stat(fs, n, &st) : -ESTALE;
-	double timeout = n && n->kind == N_ENTRY ? LONG_TIMEOUT : SHORT_TIMEOUT;
+	double timeout = !n ? 0 : n->kind == N_ENTRY ? LONG_TIMEOUT : n->kind == N_MODEL ? MODEL_TIMEOUT : SHORT_TIMEOUT;
 	pthread_mutex_unlock(&fs->lock);
+	flush_inode_notices(fs);
 	if (rc)
 		fuse_reply_err(req, -rc);
 	else
