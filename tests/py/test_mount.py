@@ -20,7 +20,6 @@ MOUNTPOINT) or FUSE is missing; it fails when build/fs/picklefs is not built at 
 """
 
 import collections
-import errno
 import functools
 import json
 import os
@@ -453,6 +452,24 @@ def test_negative_file_is_plain(corpus_mount):
     assert len(hits) == 1, f"want one log line naming {NEG_NAME} with 'offset', log:\n" + "\n".join(lines)
 
 
+def test_parallel_reads(corpus_mount):
+    """Many threads reading the tensor files at once get the same bytes as one reader."""
+    from concurrent.futures import ThreadPoolExecutor
+    files = sorted(r for r, st in corpus_mount.first.items() if r.endswith(".npy"))
+    assert len(files) > 500
+
+    def read(rel):
+        with open(corpus_mount.mount.path(rel), "rb") as f:
+            return f.read()
+
+    want = {r: read(r) for r in files}
+    order = files[::-1] + files
+    with ThreadPoolExecutor(max_workers=8) as ex:
+        got = list(ex.map(read, order))
+    bad = sorted({r for r, b in zip(order, got) if b != want[r]})
+    assert not bad, f"{len(bad)} files read differently in parallel: {bad[:10]}"
+
+
 def test_single_file_mount(tmp_path):
     src = os.path.join(pfhelpers.REAL_DIR, SINGLE_REAL)
     with mounted(src, tmp_path / "mnt", tmp_path / "cache") as m:
@@ -761,6 +778,22 @@ def test_mirrored_entries(tmp_path):
             f.write(b"XYZ")
         data = (src / "sub" / "inner.txt").read_bytes()
         assert len(data) == 6000 and data[3000:3003] == b"XYZ" and data[:3000] == b"inner\n" * 500
+
+
+def test_ro_option(tmp_path):
+    src = tmp_path / "src"
+    os.makedirs(src)
+    (src / "notes.txt").write_bytes(b"hello\n")
+    shutil.copy2(_origin(MANY_FROM), src / "a.pt")
+    with mounted(src, tmp_path / "mnt", tmp_path / "cache", args=["-o", "ro"],
+                 optional=[r"notes\.txt"]) as m:
+        with open(m.path("notes.txt"), "rb") as f:
+            assert f.read() == b"hello\n"
+        with pytest.raises(OSError):
+            with open(m.path("notes.txt"), "r+b") as f:
+                f.write(b"X")
+        check_texts(m.path("a.pt"), expected(_origin(MANY_FROM)))
+    assert (src / "notes.txt").read_bytes() == b"hello\n"
 
 
 # ------------------------------------------------------------------------------------------
