@@ -45,7 +45,7 @@
 #include "dtype.h"
 #include "error.h"
 #include "hashmap.h"
-#include "limits.h"
+#include "pf_limits.h"
 #include "pickle.h"
 #include "zip.h"
 

@@ -29,7 +29,7 @@
 
 #include "arena.h"
 #include "error.h"
-#include "limits.h"
+#include "pf_limits.h"
 
 typedef uint32_t pf_nid; /* index into pf_graph.nodes; 0 means "no node" */
 

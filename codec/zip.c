@@ -46,8 +46,7 @@
 #define FLAG_STRONG_CRYPTO 0x0040u
 #define FLAGS_REFUSED (FLAG_ENCRYPTED | FLAG_PATCHED | FLAG_STRONG_CRYPTO)
 
-/* The most zlib takes or gives per call (uInt).  Not UINT_MAX: <limits.h>
- * may resolve to codec/limits.h when codec/ is on the include path. */
+/* The most zlib takes or gives per call (uInt). */
 #define ZLIB_CHUNK_MAX ((uInt)-1)
 
 #define METHOD_STORED 0u

@@ -39,7 +39,7 @@
 
 #include "arena.h"
 #include "error.h"
-#include "limits.h"
+#include "pf_limits.h"
 
 typedef struct pf_zip_entry {
 	const char *name;    /* full name, NUL-terminated, in the arena */

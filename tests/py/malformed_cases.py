@@ -646,7 +646,7 @@ def pickle_cases():
 
     # output amplification: meta.json must stay bounded by the input (T11: "never expand more
     # than the bytes actually present"), or the file must be refused with a limit error
-    bounded = ("ok-or-limit", 48 << 20)  # limits.h max_meta (32 MiB, an estimate) + slack
+    bounded = ("ok-or-limit", 48 << 20)  # pf_limits.h max_meta (32 MiB, an estimate) + slack
     add("meta-depth-amplification", PROTO2 + EMPTY_LIST + (NONE + APPEND) * 20000 + TUPLE1 * 990 + STOP, bounded)
     s10k = pstr("A" * 10000)
     add("meta-shared-str-expansion", PROTO2 + EMPTY_LIST + s10k + put(0) + APPEND

@@ -1,5 +1,5 @@
 /*
- * limits.h - the resource limits applied to untrusted model files.
+ * pf_limits.h - the resource limits applied to untrusted model files.
  *
  * Every limit has a documented default (README "Limits"); hitting one is a
  * PF_E_LIMIT error naming the limit, raised before anything large is

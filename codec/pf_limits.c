@@ -1,4 +1,4 @@
-#include "limits.h"
+#include "pf_limits.h"
 
 pf_limits pf_limits_default(void)
 {
