@@ -372,6 +372,13 @@ static int run_zip_pickle(pf_model *m, uint32_t archive, const pf_zip_entry *e, 
 	return pf_pickle_run(&m->g, data, len, 0, seg, seg_origin(m, seg), info, err);
 }
 
+/* A zip without <prefix>/data.pkl: an aborted save, or not torch's at all. */
+static int fail_no_data_pkl(const pf_zip *z, uint64_t origin, pf_error *err)
+{
+	return pf_fail(err, PF_E_FORMAT, origin + z->cd_off, "zip has no %s/data.pkl record: not a torch.save file",
+		       z->prefix);
+}
+
 static int open_zip_archive(pf_model *m, uint32_t archive, pf_error *err)
 {
 	pf_archive *a = &m->archives[archive];
@@ -384,8 +391,7 @@ static int open_zip_archive(pf_model *m, uint32_t archive, pf_error *err)
 	const pf_zip_entry *data_pkl = pf_zip_find_rel(&a->zip, "data.pkl");
 	const pf_zip_entry *constants = pf_zip_find_rel(&a->zip, "constants.pkl");
 	if (!data_pkl)
-		return pf_fail(err, PF_E_FORMAT, origin + a->zip.cd_off,
-			       "zip has no %s/data.pkl record: not a torch.save file", a->zip.prefix);
+		return fail_no_data_pkl(&a->zip, origin, err);
 	a->container = constants ? PF_C_TORCHSCRIPT : PF_C_TORCH_ZIP;
 
 	uint32_t first_storage = m->n_storages;
@@ -1063,8 +1069,7 @@ int pf_model_sniff(const uint8_t *file, uint64_t len, pf_error *err)
 	if (pf_zip_open_directory(&z, file, len, &limits, &arena, err) == 0) {
 		found = pf_zip_find_rel(&z, "data.pkl") != NULL;
 		if (!found)
-			pf_fail(err, PF_E_FORMAT, z.cd_off, "zip has no %s/data.pkl record: not a torch.save file",
-				z.prefix);
+			fail_no_data_pkl(&z, 0, err);
 		pf_zip_free(&z);
 	}
 	pf_arena_free(&arena);

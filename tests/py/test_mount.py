@@ -894,3 +894,35 @@ def test_daemonizes(tmp_path):
     got = cache_entries(tmp_path / "xdg" / "picklefs")
     assert len(got) == 1, (f"one model entered without -o cache: want 1 entry in "
                            f"$XDG_CACHE_HOME/picklefs, got {got}")
+
+
+def test_fstab_style_mount_fuse3(tmp_path):
+    """An fstab line of type fuse.picklefs runs `mount.fuse3 SOURCE MNT -t picklefs -o OPTS`,
+    which execs `picklefs` from the PATH: the same options must work that way."""
+    mount_fuse3 = shutil.which("mount.fuse3") or "/sbin/mount.fuse3"
+    if not os.path.exists(mount_fuse3):
+        pytest.skip("mount.fuse3 is not installed")
+    src, mnt, cache = tmp_path / "src", tmp_path / "mnt", tmp_path / "cache"
+    os.makedirs(src)
+    os.makedirs(mnt)
+    model = _origin("zip_cuda_mnist_cnn.pt")
+    shutil.copy2(model, src / "m.pt")
+    env = dict(os.environ, PATH=os.path.dirname(picklefs()) + ":" + os.environ.get("PATH", ""))
+    subprocess.run([mount_fuse3, str(src), str(mnt), "-t", "picklefs", "-o", f"ro,cache={cache}"],
+                   env=env, check=True, timeout=30, capture_output=True)
+    try:
+        with open("/proc/mounts") as f:
+            line = [l for l in f if f" {mnt} " in l]
+        assert line and line[0].split()[2] == "fuse.picklefs" and "ro" in line[0].split()[3].split(",")
+        want = json.loads(subprocess.run([picklefs(), "inspect", str(src / "m.pt")], check=True,
+                                         capture_output=True).stdout)
+        with open(mnt / "m.pt" / "meta.json") as f:
+            assert json.load(f) == want
+        assert cache_entries(cache), "the cache= option did not reach picklefs"
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=True, timeout=30)
+    deadline = time.time() + 10
+    while time.time() < deadline and subprocess.run(["pgrep", "-f", str(mnt)],
+                                                    capture_output=True).returncode == 0:
+        time.sleep(0.1)
+    assert subprocess.run(["pgrep", "-f", str(mnt)], capture_output=True).returncode != 0
