@@ -926,3 +926,57 @@ def test_fstab_style_mount_fuse3(tmp_path):
                                                     capture_output=True).returncode == 0:
         time.sleep(0.1)
     assert subprocess.run(["pgrep", "-f", str(mnt)], capture_output=True).returncode != 0
+
+
+def _cache_file(cache):
+    entries = cache_entries(cache)
+    assert len(entries) == 1, f"expected one index entry, found {entries}"
+    return os.path.join(cache, entries[0])
+
+
+def _meta_through(m, name):
+    with open(m.path(name, "meta.json")) as f:
+        return json.load(f)
+
+
+def test_index_cache_is_used_and_repaired(tmp_path):
+    src, cache = tmp_path / "src", tmp_path / "cache"
+    os.makedirs(src)
+    shutil.copy2(_origin("zip_cuda_mnist_cnn.pt"), src / "m.pt")
+    shutil.copy2(_origin("sbi_minisbibm_theta_o_1.pt"), tmp_path / "other.pt")
+    want = json.loads(subprocess.run([picklefs(), "inspect", str(src / "m.pt")], check=True,
+                                     capture_output=True).stdout)
+    exp = expected(str(src / "m.pt"))
+
+    def check_mount():
+        with mounted(src, tmp_path / "mnt", cache) as m:
+            assert _meta_through(m, "m.pt") == want
+            check_tensors(m.path("m.pt"), exp)
+
+    check_mount()                                   # parses and writes the entry
+    entry = _cache_file(cache)
+    first = os.stat(entry)
+    check_mount()                                   # remount: the entry is read, not rewritten
+    again = os.stat(entry)
+    assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns), \
+        "the index entry was rewritten: the remount parsed the model again"
+
+    good = open(entry, "rb").read()
+    for damage in (good[: len(good) // 2], b"\x00" * len(good), good[:-1] + bytes([good[-1] ^ 0xFF])):
+        with open(entry, "wb") as f:                # corrupt: ignored, parsed again, rewritten
+            f.write(damage)
+        check_mount()
+        assert open(_cache_file(cache), "rb").read() == good
+
+    # foreign: another model's entry under this name is ignored and replaced
+    other_cache = tmp_path / "other-cache"
+    with mounted(tmp_path / "other.pt", tmp_path / "mnt1", other_cache) as m:
+        os.listdir(m.mountpoint)
+    shutil.copyfile(_cache_file(other_cache), entry)
+    check_mount()
+    assert open(_cache_file(cache), "rb").read() == good
+
+    # stale: the model file changed (same bytes, new mtime) -> a new entry for the new key
+    os.utime(src / "m.pt", ns=(first.st_mtime_ns, first.st_mtime_ns + 10**9))
+    check_mount()
+    assert open(_cache_file(cache), "rb").read() != good
