@@ -57,10 +57,10 @@ int main(int argc, char **argv)
 	for (uint32_t i = 0; i < t.n_files; i++) {
 		const pf_file *f = &t.files[i];
 		const pf_tensor *tn = &m.tensors[f->tensor];
-		json_t *shape = json_array();
 		unsigned long crc;
 		if (f->link_of >= 0)
 			continue;
+		json_t *shape = json_array();
 		if (tensor_crc(&m, tn, &crc, &err)) {
 			fprintf(stderr, "dump-tensors: %s: %s\n", f->path, err.msg);
 			return 1;
