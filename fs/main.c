@@ -176,6 +176,14 @@ static int mount_main(int argc, char **argv)
 		fprintf(stderr, "picklefs: %s: mountpoint is not a directory\n", opts.mountpoint);
 		goto out;
 	}
+	/* daemonizing moves to "/": a relative cache dir must be made absolute first */
+	if (mo.cache && mo.cache[0] != '/') {
+		char cwd[4096], *abs = NULL;
+		if (getcwd(cwd, sizeof(cwd)) && asprintf(&abs, "%s/%s", cwd, mo.cache) > 0) {
+			free(mo.cache);
+			mo.cache = abs;
+		}
+	}
 	pfs_config cfg = {
 		.source = mo.source, .cache_dir = mo.cache ? mo.cache : (mo.cache = default_cache_dir()),
 		.ro = mo.ro, .foreground = opts.foreground,

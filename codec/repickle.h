@@ -1,0 +1,151 @@
+/*
+ * repickle.h - re-emit one pickle with chosen str values replaced, and
+ * list the edits that `echo DEV > device` makes (DESIGN §4.2).
+ *
+ * pf_repickle() copies a pickle's bytes through unchanged except at the
+ * edited values.  Every other opcode, the protocol and every memo index
+ * stay as they were; nothing is unpickled.  An edited value is one
+ * "unit" of opcodes: the value's own opcodes plus the memo writes
+ * (PUT/BINPUT/LONG_BINPUT/MEMOIZE) that directly follow it.  The unit is
+ * re-encoded with, in this order of preference (formats.md §10.1):
+ *
+ *   1. the same byte length, so that nothing after it moves: the string
+ *      opcode may change (SHORT_BINUNICODE <-> BINUNICODE <-> BINUNICODE8,
+ *      SHORT_BINSTRING <-> BINSTRING, text STRING/UNICODE in protocol 0),
+ *      a memo write may change form with the SAME index (MEMOIZE <->
+ *      BINPUT m <-> LONG_BINPUT m, where m is the slot MEMOIZE fills;
+ *      protocol-0 PUT m may carry leading zeros: `p0005\n`), and, only in
+ *      streams without MEMOIZE, "padding" memo writes to an index that
+ *      the stream never reads or writes may be added (formats.md §10.1,
+ *      trap 3: a MEMOIZE-based stream never gets an extra memo write);
+ *   2. otherwise the shortest such encoding, and then the length field of
+ *      every FRAME that holds the unit is rewritten.
+ * Only opcodes of the stream's own protocol are emitted (effective
+ * protocol: the PROTO argument; without PROTO, 1 when any binary opcode
+ * appears, else 0); Python 2 string opcodes (S/T/U) are emitted only in
+ * place of one, for ASCII text.
+ *
+ * Frames: the input must be strictly framed the way pickle.py's
+ * _Unframer requires (a frame ends at an opcode boundary, no FRAME inside
+ * a frame, no frame past STOP), else PF_E_FORMAT.  A PF_EDIT_TUPLE1 unit
+ * that spans a frame boundary (possible when a frame was cut between the
+ * items) merges the frames: the inner FRAME opcode is dropped and the
+ * first frame's length covers both (frames are only I/O hints; any exact
+ * framing is valid).
+ *
+ * Error offsets are positions in the pickle buffer passed in.
+ */
+#ifndef PF_REPICKLE_H
+#define PF_REPICKLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "model.h"
+
+/* ---- device strings ------------------------------------------------------ */
+
+enum { PF_DEVICE_MAX = 16 };
+
+typedef struct pf_device {
+	char text[PF_DEVICE_MAX]; /* canonical text, e.g. "cuda:1" (NUL-terminated) */
+	uint8_t len;              /* strlen(text) */
+	uint8_t type_len;         /* length of the type part ("cuda" -> 4) */
+	int16_t index;            /* N of "type:N", -1 when there is none */
+} pf_device;
+
+/*
+ * Parse what was written to a model's `device` file: exactly one of
+ * cpu, meta, cuda, cuda:N, mps, mps:N, xpu, xpu:N (N decimal without sign
+ * or leading zeros, 0..127: torch's DeviceIndex is int8), optionally
+ * followed by one "\n".  Nothing else (no spaces, no "cpu:0", no "gpu").
+ * Returns 0 and fills *dev (dev may be NULL), or -1.  Pure: no errno, no
+ * allocation.
+ */
+int pf_device_parse(const char *s, size_t len, pf_device *dev);
+
+/* ---- the re-emitter ------------------------------------------------------ */
+
+typedef enum pf_edit_kind {
+	/* Replace the str value pushed by the string opcode at op_off
+	 * (BINUNICODE, SHORT_BINUNICODE, BINUNICODE8, UNICODE, STRING,
+	 * BINSTRING, SHORT_BINSTRING).  Every memo reference to it (BINGET
+	 * etc.) then yields the new text too. */
+	PF_EDIT_STR = 0,
+	/* Replace the tuple built by the opcode at op_off (TUPLE1, TUPLE2,
+	 * TUPLE3, or TUPLE with its MARK) by the 1-tuple (new_text,).  Its
+	 * items must be plain values (str/bytes/int/float/bool/None opcodes or
+	 * memo GETs) pushed directly before it; memo writes may follow the
+	 * first item only (they then memoize the new str) and the tuple itself
+	 * (kept).  This is how torch.device('cuda', 0) -- pickled as
+	 * REDUCE(torch.device, ('cuda', 0)) -- becomes torch.device('cpu'):
+	 * the 2-tuple's int cannot stay, and torch.device accepts one string
+	 * ('cpu', 'cuda:1'). */
+	PF_EDIT_TUPLE1 = 1,
+} pf_edit_kind;
+
+/* Why an edit was listed (informational; pf_repickle ignores it). */
+enum { PF_WHY_OTHER = 0, PF_WHY_LOCATION, PF_WHY_TORCH_DEVICE, PF_WHY_ATTR };
+
+typedef struct pf_str_edit {
+	uint64_t op_off;      /* offset in the pickle buffer of the anchoring opcode */
+	const char *new_text; /* UTF-8 (ASCII for Python 2 string opcodes), not NUL-terminated */
+	size_t new_len;
+	uint8_t kind;         /* pf_edit_kind */
+	uint8_t why;          /* PF_WHY_* */
+} pf_str_edit;
+
+/* Output callback: 0 on success; anything else stops pf_repickle, which
+ * then fails with PF_E_NOMEM "output sink failed" (keep errno in ctx). */
+typedef int (*pf_sink_fn)(void *ctx, const void *p, size_t n);
+
+/*
+ * Re-emit pickle[0..len) -- exactly one pickle, from its first opcode
+ * through STOP, nothing after it -- with the n edits applied (any order;
+ * two edits may not anchor at the same opcode or overlap).  The output
+ * goes to sink in order (several calls); sink NULL only measures.
+ * *out_len (may be NULL) gets the output length.  Nothing is written to
+ * the sink before the whole input has been checked and every edit placed,
+ * so a failure before the first sink call leaves the sink untouched.
+ * Errors: PF_E_TRUNCATED / PF_E_OPCODE for a malformed stream,
+ * PF_E_FORMAT for an edit that does not sit on a fitting opcode, bad
+ * framing or text that no allowed opcode can carry, PF_E_UNSUPPORTED for
+ * tuple items that are not plain values, PF_E_NOMEM.
+ */
+int pf_repickle(const uint8_t *pickle, uint64_t len, const pf_str_edit *edits, uint32_t n,
+		pf_sink_fn sink, void *ctx, uint64_t *out_len, pf_error *err);
+
+/* ---- the device edits of one pickle --------------------------------------- */
+
+typedef struct pf_edit_list {
+	pf_str_edit *v;        /* sorted by op_off, one per opcode */
+	uint32_t n, cap;
+	uint32_t n_locations;  /* how many are storage locations (PF_WHY_LOCATION) */
+	uint32_t n_devices;    /* torch.device values */
+	uint32_t n_attrs;      /* `_device` / `device` str values */
+} pf_edit_list;
+
+void pf_edit_list_free(pf_edit_list *l);
+
+/*
+ * The edits that set one pickle of a parsed model to device dev: the
+ * pickle lies at [start, end) of segment seg of m (a zip's data.pkl: its
+ * whole segment; a plain pickle: segment 0 from 0; a legacy file's main
+ * pickle: its range in the archive segment), and every op_off is relative
+ * to start (ready for pf_repickle(m->segs[seg].p + start, end - start, ...)).
+ * new_text points into dev, which must outlive the list.  Listed:
+ *   (a) index 3 (location) of every ('storage', ...) persistent id;
+ *   (b) every REDUCE(torch.device, args): a 1-tuple (str,) gets a
+ *       PF_EDIT_STR of the str, a 2-tuple (type, index) a PF_EDIT_TUPLE1;
+ *   (c) every str value under the key '_device' or 'device' of any dict
+ *       (object __dict__ states, slot states, plain dicts) that parses as
+ *       a device (pf_device_parse, no trailing newline).
+ * Values that already equal dev->text are left alone.  Embedded files
+ * (_load_from_bytes blobs) are separate pickles: call this per pickle.
+ * *out must be zeroed (or freed) before; on failure it is emptied.
+ */
+int pf_device_edits(const pf_model *m, uint32_t seg, uint64_t start, uint64_t end, const pf_device *dev,
+		    pf_edit_list *out, pf_error *err);
+
+#endif

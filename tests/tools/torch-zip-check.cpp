@@ -1,0 +1,49 @@
+// torch-zip-check.cpp - an independent reader for the zip writer's tests.
+//
+// Opens FILE with libtorch's caffe2::serialize::PyTorchStreamReader (what
+// torch.load and torch::jit::load use), and for every record prints
+//   NAME SIZE CRC32 OFFSET
+// (name without the archive prefix, size in bytes, zlib CRC-32 of the bytes
+// getRecord returned, in hex, and getRecordOffset).  Exit 0 when every
+// record was read and every offset is a multiple of 64, 1 when an offset is
+// not, 2 when the reader throws.
+#include <caffe2/serialize/inline_container.h>
+#include <zlib.h>
+
+#include <cstdio>
+#include <exception>
+#include <string>
+#include <vector>
+
+int main(int argc, char **argv)
+{
+	if (argc != 2) {
+		std::fprintf(stderr, "usage: torch-zip-check FILE\n");
+		return 2;
+	}
+	try {
+		caffe2::serialize::PyTorchStreamReader reader{std::string(argv[1])};
+		int status = 0;
+		for (const std::string &name : reader.getAllRecords()) {
+			size_t off = reader.getRecordOffset(name);
+			auto rec = reader.getRecord(name);
+			const unsigned char *p = static_cast<const unsigned char *>(std::get<0>(rec).get());
+			size_t size = std::get<1>(rec);
+			uLong crc = crc32(0L, Z_NULL, 0);
+			for (size_t done = 0; done < size;) {
+				uInt k = size - done > 0x40000000u ? 0x40000000u : (uInt)(size - done);
+				crc = crc32(crc, p + done, k);
+				done += k;
+			}
+			std::printf("%s %zu %08lx %zu\n", name.c_str(), size, crc, off);
+			if (off % 64 != 0) {
+				std::fprintf(stderr, "%s: offset %zu is not a multiple of 64\n", name.c_str(), off);
+				status = 1;
+			}
+		}
+		return status;
+	} catch (const std::exception &e) {
+		std::fprintf(stderr, "torch-zip-check: %s\n", e.what());
+		return 2;
+	}
+}
