@@ -6,7 +6,8 @@
  * edited values.  Every other opcode, the protocol and every memo index
  * stay as they were; nothing is unpickled.  An edited value is one
  * "unit" of opcodes: the value's own opcodes plus the memo writes
- * (PUT/BINPUT/LONG_BINPUT/MEMOIZE) that directly follow it.  The unit is
+ * (PUT/BINPUT/LONG_BINPUT/MEMOIZE; at most 3, in the same frame) that
+ * directly follow it.  The unit is
  * re-encoded with, in this order of preference (formats.md §10.1):
  *
  *   1. the same byte length, so that nothing after it moves: the string
@@ -15,15 +16,20 @@
  *      a memo write may change form with the SAME index (MEMOIZE <->
  *      BINPUT m <-> LONG_BINPUT m, where m is the slot MEMOIZE fills;
  *      protocol-0 PUT m may carry leading zeros: `p0005\n`), and, only in
- *      streams without MEMOIZE, "padding" memo writes to an index that
- *      the stream never reads or writes may be added (formats.md §10.1,
- *      trap 3: a MEMOIZE-based stream never gets an extra memo write);
+ *      streams without MEMOIZE, up to 8 "padding" memo writes may be added,
+ *      each to its own index below 4096 that the stream never reads or
+ *      writes (formats.md §10.1; trap 3: a MEMOIZE-based stream never gets
+ *      an extra memo write; one index per pad keeps pickletools.dis happy);
  *   2. otherwise the shortest such encoding, and then the length field of
  *      every FRAME that holds the unit is rewritten.
  * Only opcodes of the stream's own protocol are emitted (effective
  * protocol: the PROTO argument; without PROTO, 1 when any binary opcode
- * appears, else 0); Python 2 string opcodes (S/T/U) are emitted only in
- * place of one, for ASCII text.
+ * appears, else 0).  Python 2 string opcodes are emitted for ASCII text in
+ * place of one (S/T/U), and SHORT_BINSTRING also for a str when only it
+ * keeps the length (at protocol 2, 'meta' -> 'cpu' is one byte shorter and
+ * BINUNICODE + memo writes cannot lose one byte): pickle.load (encoding
+ * 'ASCII', 'latin1', 'utf-8') and torch.load, weights_only included, read
+ * it as a str; only pickle.load(..., encoding='bytes') would see bytes.
  *
  * Frames: the input must be strictly framed the way pickle.py's
  * _Unframer requires (a frame ends at an opcode boundary, no FRAME inside

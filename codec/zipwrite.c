@@ -81,11 +81,11 @@ static int check_record(const pf_zw_record *r, uint32_t i, pf_error *err)
 	return 0;
 }
 
-/* Place record i at `cur`; returns its end offset through *place. */
+/* Place record i with its local header at `cur`. */
 static int place_record(const pf_zw_record *r, uint32_t i, uint64_t cur, uint32_t alignment,
 			pf_zw_place *p, pf_error *err)
 {
-	const uint64_t limit = (uint64_t)1 << 63;
+	const uint64_t limit = (uint64_t)1 << 63; /* records end before limit / 2 */
 	size_t nl = name_len(r);
 	uint32_t z64 = zip64_extra_len(r->len, cur);
 	uint64_t start, pad;
@@ -322,7 +322,7 @@ static int out_descriptor(zw_out *o, const pf_zw_record *r, const pf_zw_place *p
 static int out_record(zw_out *o, const pf_zw_record *r, uint32_t i, const pf_zw_place *p,
 		      uint8_t **buf, uint32_t *crc)
 {
-	*crc = r->crc_given ? r->crc32 : (uint32_t)crc32(0, NULL, 0);
+	*crc = r->crc_given && r->len ? r->crc32 : (uint32_t)crc32(0, NULL, 0);
 	if (out_local_header(o, r, p))
 		return -1;
 	if (r->len && r->data) {

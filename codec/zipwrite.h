@@ -85,7 +85,8 @@ typedef struct pf_zw_record {
 	void *read_ctx;
 	/* When true, crc32 is written as the record's CRC-32 and the data is
 	 * not checksummed (for bytes copied unchanged from a zip whose central
-	 * directory gave it).  Otherwise the writer computes it with zlib. */
+	 * directory gave it).  Otherwise the writer computes it with zlib.  An
+	 * empty record's CRC-32 is always 0. */
 	bool crc_given;
 	uint32_t crc32;
 } pf_zw_record;
@@ -113,7 +114,7 @@ typedef struct pf_zw_layout {
  * (`places`: n entries, or NULL) and the totals.  Fails (PF_E_LIMIT) when n
  * is 0 or above 0xFFFFFFFE, alignment is not a power of two in
  * [1, PF_ZW_MAX_ALIGNMENT], a name is NULL, empty or longer than 0xFFFF
- * bytes, or the total size would pass 2^63; (PF_E_FORMAT) when a non-empty
+ * bytes, or a record would end past 2^62 bytes; (PF_E_FORMAT) when a non-empty
  * record has neither data nor read.  The error offset is the record index.
  */
 int pf_zip_plan(const pf_zw_record *recs, uint32_t n, uint32_t alignment,

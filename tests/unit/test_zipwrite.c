@@ -64,7 +64,7 @@ static void spit(const char *path, const uint8_t *buf, size_t len)
 static int shell(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int shell(const char *fmt, ...)
 {
-	char cmd[4096];
+	char cmd[20000];
 	va_list ap;
 	int n;
 
@@ -217,6 +217,16 @@ static void check_output(const pf_zw_record *r, uint32_t n, uint32_t alignment, 
 	}
 	close_z(&o);
 	free(pl);
+}
+
+/* Queue one check.py triple (run in one Python process per test). */
+static void append_check(char *args, size_t size, const char *orig, const char *new_path,
+			 const char *mode)
+{
+	size_t used = strlen(args);
+	int n = snprintf(args + used, size - used, " '%s' '%s' %s", orig, new_path, mode);
+
+	ck_assert(n > 0 && (size_t)n < size - used);
 }
 
 /* libtorch's reader lists exactly our records, with 64-aligned offsets equal
@@ -406,7 +416,7 @@ END_TEST
 
 /* data.pkl grows by `grow` bytes of no-ops (NONE, POP) after PROTO 2:
  * every later record moves, stays aligned, and torch loads the same values. */
-static void grow_pickle(const char *name, unsigned grow)
+static void grow_pickle(const char *name, unsigned grow, char *args, size_t args_size)
 {
 	char path[400], out[400], prefix_pkl[300];
 	uint64_t len;
@@ -440,7 +450,7 @@ static void grow_pickle(const char *name, unsigned grow)
 
 	snprintf(out, sizeof(out), "%s/grown-%u-%s", tmp_dir, grow, name);
 	spit(out, s.p, s.n);
-	ck_assert_int_eq(shell(PYTHON " '%s/check.py' '%s' '%s' same", tmp_dir, path, out), 0);
+	append_check(args, args_size, path, out, "same");
 	check_with_libtorch(out, s.p, s.n);
 	free(s.p);
 	free(pkl);
@@ -452,10 +462,13 @@ static void grow_pickle(const char *name, unsigned grow)
 START_TEST(test_pickle_length_change)
 {
 	static const unsigned grows[] = {2, 62, 64, 74, 200};
+	static char args[16384];
 
+	args[0] = '\0';
 	for (size_t f = 0; f < sizeof(FIXTURES) / sizeof(FIXTURES[0]); f++)
 		for (size_t g = 0; g < sizeof(grows) / sizeof(grows[0]); g++)
-			grow_pickle(FIXTURES[f], grows[g]);
+			grow_pickle(FIXTURES[f], grows[g], args, sizeof(args));
+	ck_assert_int_eq(shell(PYTHON " '%s/check.py'%s", tmp_dir, args), 0);
 }
 END_TEST
 
@@ -464,6 +477,7 @@ END_TEST
 START_TEST(test_other_alignment)
 {
 	static const uint32_t aligns[] = {1, 2, 4096, PF_ZW_MAX_ALIGNMENT};
+	static char args[8192];
 	char path[400], out[400];
 	uint64_t len;
 	uint8_t *buf;
@@ -475,14 +489,16 @@ START_TEST(test_other_alignment)
 	buf = slurp(path, &len);
 	open_ok(&o, buf, len);
 	r = records_of(&o.z, buf);
+	args[0] = '\0';
 	for (size_t a = 0; a < sizeof(aligns) / sizeof(aligns[0]); a++) {
 		write_ok(r, o.z.n_entries, aligns[a], &s);
 		check_output(r, o.z.n_entries, aligns[a], &s);
 		snprintf(out, sizeof(out), "%s/align-%u.pt", tmp_dir, aligns[a]);
 		spit(out, s.p, s.n);
-		ck_assert_int_eq(shell(PYTHON " '%s/check.py' '%s' '%s' same", tmp_dir, path, out), 0);
+		append_check(args, sizeof(args), path, out, "same");
 		free(s.p);
 	}
+	ck_assert_int_eq(shell(PYTHON " '%s/check.py'%s", tmp_dir, args), 0);
 	free(r);
 	close_z(&o);
 	free(buf);
@@ -946,25 +962,11 @@ static const char GEN_PY[] =
 	"torch.save({'x': torch.arange(3, dtype=torch.int32)}, long)\n"
 	"os.rename(long, d + '/long.pt')\n";
 
-/* check.py ORIG NEW MODE: zipfile's testzip finds nothing, and torch.load
- * gives the expected values. */
+/* check.py (ORIG NEW MODE)...: for each triple, zipfile's testzip finds
+ * nothing and torch.load gives the expected values (MODE same: those of
+ * ORIG; w-edit: w.pt with w = 10..15; list64: the zip64 skeleton lists). */
 static const char CHECK_PY[] =
 	"import sys, zipfile, torch\n"
-	"orig, new, mode = sys.argv[1:4]\n"
-	"if mode == 'list64':\n"
-	"    z = zipfile.ZipFile(new)\n"
-	"    got = [(i.filename, i.file_size) for i in z.infolist()]\n"
-	"    assert got == [('big/data.pkl', 249), ('big/data/0', 2**32), ('big/data/1', 20),\n"
-	"                   ('big/version', 2)], got\n"
-	"    assert z.read('big/version') == b'3\\n'\n"
-	"    assert len(z.read('big/data/1')) == 20\n"
-	"    assert z.read('big/data.pkl')[:2] == b'\\x80\\x02'\n"
-	"    sys.exit(0)\n"
-	"with zipfile.ZipFile(new) as z:\n"
-	"    bad = z.testzip()\n"
-	"    assert bad is None, bad\n"
-	"a = torch.load(orig)\n"
-	"b = torch.load(new)\n"
 	"def same(x, y):\n"
 	"    assert type(x) is type(y), (type(x), type(y))\n"
 	"    if isinstance(x, torch.Tensor):\n"
@@ -977,16 +979,36 @@ static const char CHECK_PY[] =
 	"            same(x[k], y[k])\n"
 	"    else:\n"
 	"        assert x == y\n"
-	"if mode == 'same':\n"
-	"    same(a, b)\n"
-	"    if 'view' in b:\n"
-	"        st = lambda t: t.untyped_storage() if hasattr(t, 'untyped_storage') else t.storage()\n"
-	"        assert st(b['view']).data_ptr() == st(b['base']).data_ptr()\n"
-	"elif mode == 'w-edit':\n"
-	"    assert b['w'].tolist() == [10., 11., 12., 13., 14., 15.], b['w']\n"
-	"    same(a['b'], b['b'])\n"
-	"else:\n"
-	"    sys.exit('unknown mode ' + mode)\n";
+	"def st(t):\n"
+	"    return t.untyped_storage() if hasattr(t, 'untyped_storage') else t.storage()\n"
+	"def check(orig, new, mode):\n"
+	"    if mode == 'list64':\n"
+	"        z = zipfile.ZipFile(new)\n"
+	"        got = [(i.filename, i.file_size) for i in z.infolist()]\n"
+	"        assert got == [('big/data.pkl', 249), ('big/data/0', 2**32), ('big/data/1', 20),\n"
+	"                       ('big/version', 2)], got\n"
+	"        assert z.read('big/version') == b'3\\n'\n"
+	"        assert len(z.read('big/data/1')) == 20\n"
+	"        assert z.read('big/data.pkl')[:2] == b'\\x80\\x02'\n"
+	"        return\n"
+	"    with zipfile.ZipFile(new) as z:\n"
+	"        bad = z.testzip()\n"
+	"        assert bad is None, (new, bad)\n"
+	"    a = torch.load(orig)\n"
+	"    b = torch.load(new)\n"
+	"    if mode == 'same':\n"
+	"        same(a, b)\n"
+	"        if 'view' in b:\n"
+	"            assert st(b['view']).data_ptr() == st(b['base']).data_ptr()\n"
+	"    elif mode == 'w-edit':\n"
+	"        assert b['w'].tolist() == [10., 11., 12., 13., 14., 15.], b['w']\n"
+	"        same(a['b'], b['b'])\n"
+	"    else:\n"
+	"        sys.exit('unknown mode ' + mode)\n"
+	"args = sys.argv[1:]\n"
+	"assert args and len(args) % 3 == 0\n"
+	"for k in range(0, len(args), 3):\n"
+	"    check(*args[k:k + 3])\n";
 
 static int write_text(const char *name, const char *text)
 {
