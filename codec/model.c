@@ -347,6 +347,16 @@ static int locate_zip_storages(pf_model *m, uint32_t archive, const char *dir, u
 
 /* ---- containers -------------------------------------------------------- */
 
+static int add_pickle_span(pf_model *m, uint32_t archive, uint32_t seg, uint64_t start, uint64_t end,
+			   int32_t zip_entry, pf_error *err)
+{
+	if (GROW(m, pickles, n_pickles, cap_pickles, err))
+		return -1;
+	m->pickles[m->n_pickles++] = (pf_pickle_span){.archive = archive, .seg = seg, .start = start, .end = end,
+						      .zip_entry = zip_entry};
+	return 0;
+}
+
 /* Run one pickle record of a zip archive (data.pkl, constants.pkl). */
 static int run_zip_pickle(pf_model *m, uint32_t archive, const pf_zip_entry *e, pf_pickle_info *info,
 			  pf_error *err)
@@ -369,7 +379,9 @@ static int run_zip_pickle(pf_model *m, uint32_t archive, const pf_zip_entry *e, 
 	} else if (add_slice(m, parent, e->data_off, e->usize, &seg, err)) {
 		return -1;
 	}
-	return pf_pickle_run(&m->g, data, len, 0, seg, seg_origin(m, seg), info, err);
+	if (pf_pickle_run(&m->g, data, len, 0, seg, seg_origin(m, seg), info, err))
+		return -1;
+	return add_pickle_span(m, archive, seg, 0, info->end, (int32_t)(e - a->zip.entries), err);
 }
 
 /* A zip without <prefix>/data.pkl: an aborted save, or not torch's at all. */
@@ -523,12 +535,17 @@ static int open_pickle_archive(pf_model *m, uint32_t archive, pf_error *err)
 		a->container = PF_C_PICKLE;
 		a->root = first.root;
 		a->protocol = first.protocol;
+		if (add_pickle_span(m, archive, segi, 0, first.end, -1, err))
+			return -1;
+		a = &m->archives[archive];
 		return register_persids(m, archive, "", (pf_nid)a->first_node, (pf_nid)m->g.n_nodes, err);
 	}
 
 	pf_legacy lg;
 	uint32_t first_storage = m->n_storages;
 	if (pf_legacy_parse_rest(&m->g, seg->p, seg->len, first.end, segi, origin, &lg, err))
+		return -1;
+	if (add_pickle_span(m, archive, segi, lg.main.start, lg.main.end, -1, err))
 		return -1;
 	a = &m->archives[archive];
 	a->container = PF_C_TORCH_LEGACY;
@@ -1024,7 +1041,7 @@ static int open_archives(pf_model *m, pf_error *err)
 		uint32_t must;
 		bool is_required = pf_hashmap_get(&required, i, &must);
 		pf_error local = {0};
-		uint32_t storages_before = m->n_storages;
+		uint32_t storages_before = m->n_storages, pickles_before = m->n_pickles;
 
 		if (open_archive(m, i, is_required ? err : &local)) {
 			if (is_required)
@@ -1034,6 +1051,7 @@ static int open_archives(pf_model *m, pf_error *err)
 			m->archives[i].container = PF_C_PICKLE;
 			m->archives[i].root = 0;
 			m->n_storages = storages_before;
+			m->n_pickles = pickles_before;
 			m->archives[i].end_node = m->archives[i].first_node;
 			continue;
 		}
@@ -1105,6 +1123,7 @@ void pf_model_free(pf_model *m)
 	free(m->segs);
 	free(m->archives);
 	free(m->storages);
+	free(m->pickles);
 	free(m->tensors);
 	pf_hashmap_free(&m->node_tensor);
 	pf_hashmap_free(&m->node_storage);

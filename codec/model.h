@@ -87,6 +87,14 @@ typedef struct pf_archive {
 	uint32_t first_node, end_node; /* nodes its pickles made: [first_node, end_node) */
 } pf_archive;
 
+/* Where one pickle of the model lies: the ones a device rewrite edits. */
+typedef struct pf_pickle_span {
+	uint32_t archive;
+	uint32_t seg;              /* segment holding it */
+	uint64_t start, end;       /* [start, end) in seg: first opcode .. one past STOP */
+	int32_t zip_entry;         /* index in the archive's zip of the record it is, or -1 */
+} pf_pickle_span;
+
 typedef struct pf_storage {
 	uint32_t archive;
 	const char *dir;       /* zip: the record folder ("data", "constants"); legacy: "" */
@@ -141,6 +149,8 @@ typedef struct pf_model {
 	uint32_t n_archives, cap_archives;
 	pf_storage *storages;
 	uint32_t n_storages, cap_storages;
+	pf_pickle_span *pickles;  /* the object pickles: data.pkl, constants.pkl, a legacy P4, a plain pickle */
+	uint32_t n_pickles, cap_pickles;
 	pf_tensor *tensors;    /* in graph order */
 	uint32_t n_tensors, cap_tensors;
 	pf_hashmap node_tensor;   /* nid -> tensor index (wrappers and inner nodes) */

@@ -470,6 +470,8 @@ static int read_central_directory(const zip_in *in, pf_zip *z, const end_info *e
 	for (uint32_t i = 0; i < z->n_entries; i++)
 		if (read_central_entry(in, &c, end->cd_off, &z->entries[i], &pos[i]))
 			return -1;
+		else
+			z->entries[i].cd_entry_off = pos[i];
 	if (pf_cursor_left(&c) != 0)
 		return pf_fail(in->err, PF_E_ZIP, pf_cursor_abs(&c),
 			       "%llu bytes left in the central directory after the %u declared entries",

@@ -51,6 +51,7 @@ typedef struct pf_zip_entry {
 	uint64_t usize;      /* uncompressed size */
 	uint64_t header_off; /* local header, relative to the zip's first byte */
 	uint64_t data_off;   /* first record byte, relative to the zip's first byte */
+	uint64_t cd_entry_off; /* its central-directory header, relative to the zip's first byte */
 } pf_zip_entry;
 
 typedef struct pf_zip {

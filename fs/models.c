@@ -1,5 +1,8 @@
 #include "models.h"
 
+#include "repickle.h"
+#include "rewrite.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -24,6 +27,7 @@ int pfs_errno_of(const pf_error *err)
 	case PF_E_NOMEM: return ENOMEM;
 	case PF_E_LIMIT: return EFBIG;
 	case PF_E_UNSUPPORTED: return EOPNOTSUPP;
+	case PF_E_FORMAT: return EIO;
 	default: return EIO; /* malformed model bytes */
 	}
 }
@@ -335,4 +339,127 @@ ssize_t pfs_model_read(pfs_model *ms, uint32_t idx, uint64_t off, void *buf, siz
 		want -= (size_t)r;
 	}
 	return (ssize_t)done;
+}
+
+/* ---- rewriting ---------------------------------------------------------- */
+
+static int copy_all(int from, int to, uint64_t len)
+{
+	loff_t in = 0, out = 0;
+	while ((uint64_t)in < len) {
+		ssize_t n = copy_file_range(from, &in, to, &out, (size_t)(len - (uint64_t)in), 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL)) {
+			/* no in-kernel copy here: plain reads and writes */
+			char buf[1 << 16];
+			ssize_t r = pread(from, buf, sizeof(buf), in);
+			if (r < 0)
+				return -errno;
+			if (r == 0)
+				return -EIO;
+			if (pwrite(to, buf, (size_t)r, out) != r)
+				return errno ? -errno : -EIO;
+			in += r;
+			out += r;
+			continue;
+		}
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			return -EIO;
+	}
+	return 0;
+}
+
+static int apply_patches(int fd, const pf_patchset *ps)
+{
+	for (uint32_t i = 0; i < ps->n; i++)
+		if (pwrite(fd, ps->v[i].bytes, ps->v[i].len, (off_t)ps->v[i].off) != (ssize_t)ps->v[i].len)
+			return errno ? -errno : -EIO;
+	return 0;
+}
+
+/* Is rel still the file ms was loaded from? */
+static bool unchanged(const pfs_model *ms, int dirfd, const char *rel)
+{
+	struct stat st;
+	if (fstatat(dirfd, rel, &st, 0) < 0)
+		return false;
+	pf_view_key k = pfs_key_of(&st);
+	return k.dev == ms->key.dev && k.ino == ms->key.ino && k.size == ms->key.size &&
+	       k.mtime_sec == ms->key.mtime_sec && k.mtime_nsec == ms->key.mtime_nsec;
+}
+
+/* Write patched copy to a temporary file beside rel, then rename it over rel. */
+static int commit_patched(pfs_model *ms, int dirfd, const char *rel, const pf_patchset *ps)
+{
+	char tmp[8400], dir[4096];
+	const char *slash = strrchr(rel, '/');
+	const char *base = slash ? slash + 1 : rel;
+	int dlen = slash ? (int)(slash - rel) : 0;
+	struct stat st;
+	int rc = 0, fd = -1;
+
+	if (fstat(ms->fd, &st) < 0)
+		return -errno;
+	snprintf(dir, sizeof(dir), "%.*s", dlen ? dlen : 1, dlen ? rel : ".");
+	for (unsigned attempt = 0;; attempt++) {
+		snprintf(tmp, sizeof(tmp), "%s%s.%s.picklefs-%06x", dlen ? dir : "", dlen ? "/" : "", base,
+			 (unsigned)((getpid() * 2654435761u + attempt * 40503u) & 0xffffff));
+		fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, st.st_mode & 07777);
+		if (fd >= 0 || errno != EEXIST || attempt > 100)
+			break;
+	}
+	if (fd < 0)
+		return -errno;
+	if (fchown(fd, st.st_uid, st.st_gid) < 0) {
+		/* not allowed for other owners: the file keeps ours, as cp would */
+	}
+	rc = copy_all(ms->fd, fd, (uint64_t)st.st_size);
+	if (!rc)
+		rc = apply_patches(fd, ps);
+	if (!rc && fsync(fd) < 0)
+		rc = -errno;
+	if (close(fd) < 0 && !rc)
+		rc = -errno;
+	if (!rc && !unchanged(ms, dirfd, rel))
+		rc = -ESTALE; /* someone else changed it: theirs is kept */
+	if (!rc && renameat(dirfd, tmp, dirfd, rel) < 0)
+		rc = -errno;
+	if (rc) {
+		unlinkat(dirfd, tmp, 0);
+		return rc;
+	}
+	int dfd = openat(dirfd, dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0)
+		return -errno;
+	rc = fsync(dfd) < 0 ? -errno : 0;
+	close(dfd);
+	return rc;
+}
+
+int pfs_model_set_device(pfs_model *ms, int dirfd, const char *rel, const char *text, size_t len, pf_error *why)
+{
+	pf_device dev;
+	pf_patchset ps;
+	int rc;
+
+	if (pf_device_parse(text, len, &dev))
+		return -EINVAL;
+	if (!unchanged(ms, dirfd, rel))
+		return -ESTALE;
+	pthread_mutex_lock(&ms->lock);
+	rc = ensure_parsed(ms, why);
+	pf_patchset_init(&ps);
+	if (!rc)
+		rc = pf_rewrite_device(&ms->model, &dev, &ps, why);
+	pthread_mutex_unlock(&ms->lock);
+	if (rc) {
+		pf_patchset_free(&ps);
+		return -pfs_errno_of(why);
+	}
+	rc = ps.n ? commit_patched(ms, dirfd, rel, &ps) : 0;
+	pf_patchset_free(&ps);
+	return rc;
 }

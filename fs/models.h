@@ -66,6 +66,18 @@ int64_t pfs_model_child(const pfs_model *ms, uint32_t dir, const char *name);
  */
 ssize_t pfs_model_read(pfs_model *ms, uint32_t e, uint64_t off, void *buf, size_t n);
 
+/*
+ * Rewrite the model file so that every device in it is `text` (DESIGN
+ * §4.2): the new file is written beside the old one (.NAME.picklefs-XXXXXX),
+ * fsynced, renamed over it and the folder fsynced, so at every instant the
+ * file is the complete old or the complete new version.  The file must
+ * still be the version ms was loaded from.  0 when done (or nothing to
+ * change), else -errno: EINVAL for a string that is not a device, ESTALE
+ * when the file changed behind the mount, EOPNOTSUPP for a rewrite the
+ * codec cannot do yet (*why says which), or the I/O error.
+ */
+int pfs_model_set_device(pfs_model *ms, int dirfd, const char *rel, const char *text, size_t len, pf_error *why);
+
 /* Map a codec error to an errno: the one place where this happens. */
 int pfs_errno_of(const pf_error *err);
 

@@ -58,6 +58,7 @@ struct pfs {
 	int src_fd;           /* SOURCE, or the folder of a single model file */
 	char *single;         /* single-file mode: the model's name in src_fd */
 	pthread_mutex_t lock; /* the node table and every node field */
+	pthread_mutex_t commit_lock; /* one rewrite of a model file at a time */
 	pf_hashmap by_ino;    /* ino -> index into nodes */
 	node **nodes;
 	uint32_t n_nodes, cap_nodes;
@@ -72,6 +73,10 @@ typedef struct handle {
 	int fd;               /* mirrored file, or -1 */
 	pfs_model *ms;        /* model entry: the version opened */
 	uint32_t entry;
+	node *model;          /* the `device` file opened for writing: its model */
+	bool writing, dirty;
+	char wbuf[32];        /* what was written to `device` (a device string is short) */
+	size_t wlen;
 } handle;
 
 /* ---- logging ----------------------------------------------------------- */
@@ -332,6 +337,8 @@ static void entry_stat(pfs_model *ms, uint32_t idx, const struct stat *src, stru
 		st->st_nlink = 2;
 	} else {
 		st->st_mode = S_IFREG | r;
+		if (e->kind == PF_VE_DEVICE)
+			st->st_mode |= src->st_mode & 0200; /* `echo cpu > device` */
 		st->st_nlink = ms->nlink[idx];
 	}
 	st->st_size = (off_t)e->size;
@@ -752,8 +759,6 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			rc = -errno;
 	} else if (n->kind == N_MODEL) {
 		rc = -EISDIR;
-	} else if (wants_write(fi->flags)) {
-		rc = -EACCES; /* tensor files are read-only until the write path lands */
 	} else {
 		pfs_model *ms = model_of(fs, n->model);
 		int64_t idx = ms ? entry_index(ms, n->rel) : -1;
@@ -761,7 +766,15 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			rc = -ESTALE;
 		} else if (ms->view.e[idx].kind == PF_VE_DIR) {
 			rc = -EISDIR;
+		} else if (wants_write(fi->flags) && (ms->view.e[idx].kind != PF_VE_DEVICE || fs->cfg.ro)) {
+			/* only `device` is writable so far; tensors, globals and meta.json come next */
+			rc = fs->cfg.ro ? -EROFS : -EACCES;
 		} else {
+			if (wants_write(fi->flags)) {
+				h->writing = true;
+				h->model = n->model;
+				fi->direct_io = 1; /* what was written, not the old text, until committed */
+			}
 			pfs_model_ref(ms);
 			h->ms = ms;
 			h->entry = (uint32_t)idx;
@@ -842,6 +855,19 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		     struct fuse_file_info *fi)
 {
 	handle *h = (handle *)(uintptr_t)fi->fh;
+	if (h->writing) {
+		/* a device string is short: anything longer is not one */
+		if (off < 0 || (uint64_t)off + size > sizeof(h->wbuf)) {
+			fuse_reply_err(req, EINVAL);
+			return;
+		}
+		memcpy(h->wbuf + off, buf, size);
+		if ((size_t)off + size > h->wlen)
+			h->wlen = (size_t)off + size;
+		h->dirty = true;
+		fuse_reply_write(req, size);
+		return;
+	}
 	if (h->fd < 0) {
 		fuse_reply_err(req, EACCES);
 		return;
@@ -863,10 +889,40 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	fuse_reply_err(req, 0);
 }
 
+/*
+ * Commit what was written to a `device` file: the model file is rewritten
+ * (pfs_model_set_device) and its loaded version dropped, so the next access
+ * shows the new file.  Errors go back to close()/fsync(), and to the log.
+ */
+static int commit_device(pfs *fs, handle *h)
+{
+	pf_error why = {0};
+	if (!h->dirty)
+		return 0;
+	h->dirty = false;
+	pthread_mutex_lock(&fs->commit_lock);
+	int rc = pfs_model_set_device(h->ms, fs->src_fd, h->model->rel, h->wbuf, h->wlen, &why);
+	pthread_mutex_unlock(&fs->commit_lock);
+	if (rc && why.code)
+		pfs_log(fs, "%s: device not changed: offset %llu: %s", h->model->rel, (unsigned long long)why.offset,
+			why.msg);
+	pthread_mutex_lock(&fs->lock);
+	struct stat st;
+	if (fstatat(fs->src_fd, h->model->rel, &st, 0) == 0)
+		check_model(fs, h->model, &st);
+	pthread_mutex_unlock(&fs->lock);
+	flush_inode_notices(fs);
+	return rc;
+}
+
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	handle *h = (handle *)(uintptr_t)fi->fh;
 	int rc = 0;
+	if (h->writing) {
+		fuse_reply_err(req, -commit_device(fs_of(req), h));
+		return;
+	}
 	if (h->fd >= 0) {
 		/* report errors of the underlying file at close, as a local file would */
 		int dupfd = dup(h->fd);
@@ -879,6 +935,10 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 {
 	handle *h = (handle *)(uintptr_t)fi->fh;
 	int rc = 0;
+	if (h->writing) {
+		fuse_reply_err(req, -commit_device(fs_of(req), h));
+		return;
+	}
 	if (h->fd >= 0 && (datasync ? fdatasync(h->fd) : fsync(h->fd)) < 0)
 		rc = errno;
 	fuse_reply_err(req, rc);
@@ -1010,7 +1070,29 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	int rc = 0;
 	if (!n)
 		rc = -ESTALE;
-	else if (n->kind != N_PASS && !(n->kind == N_MODEL && n->failed))
+	else if (n->kind == N_ENTRY && to_set == FUSE_SET_ATTR_SIZE && fi &&
+		 ((handle *)(uintptr_t)fi->fh)->writing) {
+		handle *h = (handle *)(uintptr_t)fi->fh; /* `> device`: start again */
+		if ((uint64_t)attr->st_size > sizeof(h->wbuf))
+			rc = -EINVAL;
+		else
+			h->wlen = (size_t)attr->st_size;
+		pthread_mutex_unlock(&fs->lock);
+		if (rc) {
+			fuse_reply_err(req, -rc);
+		} else {
+			memset(&st, 0, sizeof(st));
+			pthread_mutex_lock(&fs->lock);
+			rc = node_stat(fs, n, &st);
+			pthread_mutex_unlock(&fs->lock);
+			st.st_size = (off_t)h->wlen;
+			if (rc)
+				fuse_reply_err(req, -rc);
+			else
+				fuse_reply_attr(req, &st, 0);
+		}
+		return;
+	} else if (n->kind != N_PASS && !(n->kind == N_MODEL && n->failed))
 		rc = -EACCES;
 	else if (fs->cfg.ro)
 		rc = -EROFS;
@@ -1125,6 +1207,7 @@ pfs *pfs_new(const pfs_config *cfg)
 		return NULL;
 	fs->cfg = *cfg;
 	pthread_mutex_init(&fs->lock, NULL);
+	pthread_mutex_init(&fs->commit_lock, NULL);
 	pthread_cond_init(&fs->notice_cv, NULL);
 	pf_hashmap_init(&fs->by_ino);
 	fs->src_fd = -1;
@@ -1185,6 +1268,7 @@ void pfs_free(pfs *fs)
 		close(fs->src_fd);
 	free(fs->single);
 	pthread_mutex_destroy(&fs->lock);
+	pthread_mutex_destroy(&fs->commit_lock);
 	pthread_cond_destroy(&fs->notice_cv);
 	free(fs);
 	errno = saved;
