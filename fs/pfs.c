@@ -210,6 +210,18 @@ static char *join(const char *dir, const char *name)
 	return p;
 }
 
+/* A rewrite's temporary file, ".NAME.picklefs-XXXXXX" (fs/models.c commit_patched). */
+static bool is_commit_temp(const char *name)
+{
+	const char *tag = strstr(name, ".picklefs-");
+	if (name[0] != '.' || !tag || strlen(tag) != 16)
+		return false;
+	for (const char *p = tag + 10; *p; p++)
+		if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+			return false;
+	return true;
+}
+
 /* ---- models ------------------------------------------------------------ */
 
 /*
@@ -417,6 +429,8 @@ static int child_entry(pfs *fs, node *parent, const char *name, struct fuse_entr
 		return -ENAMETOOLONG;
 	if (parent->kind == N_PASS) {
 		struct stat st;
+		if (is_commit_temp(name))
+			return -ENOENT; /* a rewrite in progress, or the leftover of a crash */
 		char *rel = join(parent->rel, name);
 		if (!rel)
 			return -ENOMEM;
@@ -634,9 +648,20 @@ static int list_dir(pfs *fs, node *n, dir_handle *d)
 			return err;
 		}
 		int rc = 0;
-		while (!rc && (de = readdir(dp)))
-			if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
-				rc = dir_add(d, de->d_name);
+		/* a temporary file is only ever left by a crash when no rewrite runs now */
+		bool idle = pthread_mutex_trylock(&fs->commit_lock) == 0;
+		while (!rc && (de = readdir(dp))) {
+			if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+				continue;
+			if (is_commit_temp(de->d_name)) {
+				if (idle)
+					unlinkat(dirfd(dp), de->d_name, 0);
+				continue;
+			}
+			rc = dir_add(d, de->d_name);
+		}
+		if (idle)
+			pthread_mutex_unlock(&fs->commit_lock);
 		closedir(dp);
 		return rc;
 	}

@@ -183,3 +183,23 @@ def test_sbi_standin_devices_say_cpu(rewritten):
         assert p.returncode == 0, p.stderr
         seen = eval(p.stdout.strip())
         assert seen and all(s == "cpu" for s in seen if s != "None"), f"{name}: devices {seen}"
+
+
+def test_crash_leftovers_are_removed(tmp_path):
+    """A rewrite's temporary file left by a crash (.NAME.picklefs-XXXXXX) is not shown and is
+    removed when its folder is next listed; other dot files stay."""
+    src = tmp_path / "src"
+    os.makedirs(src / "sub")
+    leftovers = [src / ".m.pt.picklefs-0a1b2c", src / "sub" / ".x.pkl.picklefs-ffffff"]
+    keep = [src / ".hidden", src / "sub" / ".m.pt.picklefs-notatmp"]
+    for p in leftovers + keep:
+        p.write_bytes(b"partial")
+    with mounted(src, tmp_path / "mnt", tmp_path / "cache") as m:
+        for p in leftovers:
+            rel = os.path.relpath(p, src)
+            assert os.path.basename(rel) not in os.listdir(m.path(os.path.dirname(rel) or "."))
+            assert not os.path.exists(m.path(rel))
+        for p in keep:
+            assert os.path.exists(m.path(os.path.relpath(p, src)))
+    assert not any(p.exists() for p in leftovers)
+    assert all(p.exists() for p in keep)
