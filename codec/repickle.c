@@ -42,6 +42,9 @@ enum {
 	OP_TUPLE3 = 0x87,
 	OP_SHORT_BINUNICODE = 0x8c,
 	OP_BINUNICODE8 = 0x8d,
+	OP_BINBYTES = 'B',
+	OP_SHORT_BINBYTES = 'C',
+	OP_BINBYTES8 = 0x8e,
 	OP_MEMOIZE = 0x94,
 	OP_FRAME = 0x95,
 };
@@ -110,6 +113,17 @@ static bool is_str_op(uint8_t c)
 static bool is_py2_str_op(uint8_t c)
 {
 	return c == OP_STRING || c == OP_BINSTRING || c == OP_SHORT_BINSTRING;
+}
+
+static bool is_bytes_op(uint8_t c)
+{
+	return c == OP_BINBYTES || c == OP_SHORT_BINBYTES || c == OP_BINBYTES8;
+}
+
+/* Opcodes whose payload PF_EDIT_PAYLOAD may replace. */
+static bool is_payload_op(uint8_t c)
+{
+	return is_bytes_op(c) || c == OP_BINUNICODE || c == OP_SHORT_BINUNICODE || c == OP_BINUNICODE8;
 }
 
 static bool is_tuple_op(uint8_t c)
@@ -359,7 +373,9 @@ static int check_edit_at(const pf_str_edit *e, const op *o, pf_error *err)
 		return pf_fail(err, PF_E_FORMAT, o->off, "edit at opcode 0x%02x, which is no string", o->code);
 	if (e->kind == PF_EDIT_TUPLE1 && !is_tuple_op(o->code))
 		return pf_fail(err, PF_E_FORMAT, o->off, "edit at opcode 0x%02x, which is no tuple", o->code);
-	if (e->kind != PF_EDIT_STR && e->kind != PF_EDIT_TUPLE1)
+	if (e->kind == PF_EDIT_PAYLOAD && !is_payload_op(o->code))
+		return pf_fail(err, PF_E_FORMAT, o->off, "edit at opcode 0x%02x, which is no bytes or str", o->code);
+	if (e->kind != PF_EDIT_STR && e->kind != PF_EDIT_TUPLE1 && e->kind != PF_EDIT_PAYLOAD)
 		return pf_fail(err, PF_E_FORMAT, o->off, "unknown edit kind %u", e->kind);
 	if (e->new_len && !e->new_text)
 		return pf_fail(err, PF_E_FORMAT, o->off, "edit without text");
@@ -800,6 +816,48 @@ static int tuple_unit(const rp *r, const rent *ring, uint64_t nring, uint64_t t,
 	return 0;
 }
 
+/* Width of the length field of a payload opcode. */
+static unsigned payload_width(uint8_t c)
+{
+	return c == OP_SHORT_BINBYTES || c == OP_SHORT_BINUNICODE ? 1 : c == OP_BINBYTES8 || c == OP_BINUNICODE8 ? 8 : 4;
+}
+
+static bool payload_allowed(const rp *r, uint8_t c, uint64_t n)
+{
+	unsigned w = payload_width(c);
+	if (w == 8 || c == OP_SHORT_BINUNICODE)
+		return r->proto >= 4 && (w == 8 || n < 256);
+	if (w == 1)
+		return r->proto >= 3 && n < 256;
+	return n <= UINT32_MAX && (r->proto >= 3 || !is_bytes_op(c));
+}
+
+/* A PF_EDIT_PAYLOAD unit: the opcode alone (its memo writes stay as they
+ * are), kept when it can hold the new length, else the narrowest of its
+ * family that can. */
+static int solve_payload(const rp *r, plan *pl, const op *o, pf_error *err)
+{
+	static const uint8_t bytes_order[] = {OP_SHORT_BINBYTES, OP_BINBYTES, OP_BINBYTES8};
+	static const uint8_t str_order[] = {OP_SHORT_BINUNICODE, OP_BINUNICODE, OP_BINUNICODE8};
+	const uint8_t *order = is_bytes_op(o->code) ? bytes_order : str_order;
+	uint64_t n = pl->e->new_len;
+
+	pl->start = o->off;
+	pl->end = o->end;
+	pl->orig_str = o->code;
+	pl->str_code = 0;
+	if (payload_allowed(r, o->code, n))
+		pl->str_code = o->code;
+	for (unsigned i = 0; i < 3 && !pl->str_code; i++)
+		if (payload_allowed(r, order[i], n))
+			pl->str_code = order[i];
+	if (!pl->str_code)
+		return pf_fail(err, PF_E_FORMAT, o->off, "no opcode of protocol %d can hold %llu bytes", r->proto,
+			       (unsigned long long)n);
+	pl->out_len = 1 + payload_width(pl->str_code) + n;
+	return 0;
+}
+
 /* Frames the unit [start, end) crosses are merged into the one it starts in. */
 static void merge_frames(rp *r, int64_t fs, uint64_t start, uint64_t end)
 {
@@ -832,6 +890,14 @@ static int plan_edit(rp *r, pstate *ps, uint32_t k, pf_error *err)
 
 	memset(pl, 0, sizeof(*pl));
 	pl->e = r->ord[k];
+	if (pl->e->kind == PF_EDIT_PAYLOAD) {
+		if (me->o.off < ps->last_end)
+			return pf_fail(err, PF_E_FORMAT, me->o.off, "edits overlap");
+		if (solve_payload(r, pl, &me->o, err))
+			return -1;
+		ps->last_end = pl->end;
+		return 0;
+	}
 	if (pl->e->kind == PF_EDIT_STR) {
 		pl->start = me->o.off;
 		pl->orig_str = me->o.code;
@@ -981,11 +1047,15 @@ static int put_str(emitter *w, uint8_t code, const pf_str_edit *e)
 		if (put_le(w, code, e->new_len, 1))
 			return -1;
 		break;
-	case OP_BINUNICODE: case OP_BINSTRING:
+	case OP_SHORT_BINBYTES:
+		if (put_le(w, code, e->new_len, 1))
+			return -1;
+		break;
+	case OP_BINUNICODE: case OP_BINSTRING: case OP_BINBYTES:
 		if (put_le(w, code, e->new_len, 4))
 			return -1;
 		break;
-	case OP_BINUNICODE8:
+	case OP_BINUNICODE8: case OP_BINBYTES8:
 		if (put_le(w, code, e->new_len, 8))
 			return -1;
 		break;

@@ -89,6 +89,16 @@ typedef enum pf_edit_kind {
 	 * the 2-tuple's int cannot stay, and torch.device accepts one string
 	 * ('cpu', 'cuda:1'). */
 	PF_EDIT_TUPLE1 = 1,
+	/* Replace the payload of the bytes or str opcode at op_off (BINBYTES,
+	 * SHORT_BINBYTES, BINBYTES8, BINUNICODE, SHORT_BINUNICODE, BINUNICODE8)
+	 * by new_text[0..new_len), taken as opaque bytes: never read by
+	 * pf_repickle, only handed to the sink in ONE call with exactly that
+	 * pointer and length (so a sink may recognise it and substitute bytes
+	 * it streams from elsewhere).  The opcode is kept when its length field
+	 * can hold new_len, else the narrowest of its family (bytes / str) that
+	 * the stream's protocol has; the memo writes after it are not part of
+	 * the unit and stay as they are; enclosing FRAME lengths are fixed. */
+	PF_EDIT_PAYLOAD = 2,
 } pf_edit_kind;
 
 /* Why an edit was listed (informational; pf_repickle ignores it). */

@@ -1,5 +1,5 @@
 /*
- * rewrite.h - `echo DEV > device` as byte patches of the model file.
+ * rewrite.h - `echo DEV > device` as a plan for the new model file.
  *
  * For every object pickle of a parsed model (a zip's data.pkl and
  * constants.pkl, a legacy file's main pickle, a plain pickle, and the same
@@ -11,11 +11,29 @@
  * its CRC-32 patched in its data descriptor and central-directory entry
  * (and local header, where that holds one).
  *
- * The result is a list of patches at absolute file offsets: the new file
- * is the old one with them applied.  Not yet supported (PF_E_UNSUPPORTED,
- * nothing changes): an edit that cannot keep its pickle's length, and a
- * pickle that is not a plain range of the file (protocol 0-2 latin-1 text,
- * deflated records).
+ * When that is not possible -- an edit changes a pickle's length, or the
+ * pickle is not a plain range of the file (a protocol 0-2 _load_from_bytes
+ * blob held as latin-1 text) -- the file is re-built from the innermost
+ * archive outwards (a work list in order of decreasing depth, no recursion):
+ *   - a pickle with edits is re-emitted by pf_repickle; a bytes / str value
+ *     holding an embedded archive that changed gets a PF_EDIT_PAYLOAD (its
+ *     length field, opcode width and enclosing FRAME lengths follow);
+ *     a latin-1 blob's new bytes are re-encoded as latin-1-as-UTF-8 text;
+ *   - a zip whose changed records keep their length keeps its layout (the
+ *     records' CRC-32s are patched); otherwise it is re-written in torch's
+ *     layout by pf_zip_write, every other record copied through (stored
+ *     records only: a deflated one is PF_E_UNSUPPORTED);
+ *   - a legacy file or plain pickle: the pickle's range is replaced.
+ * Unchanged ranges of the file (tensor data, unchanged records, the parts
+ * of a binary bytes value around an edit) are never copied in memory: they
+ * stay references to the old file.  (A latin-1 blob, already decoded in
+ * the model, is re-encoded in memory; so is a changed zip record.)
+ *
+ * The result is a plan: pieces, in order, whose concatenation is the new
+ * file; each is either a range of the old file or new bytes.  Not
+ * supported (PF_E_UNSUPPORTED, nothing changes): deflated records, a
+ * blob held in a protocol-0 text opcode, a blob whose archive is not found
+ * at a plain bytes / str opcode.
  */
 #ifndef PF_REWRITE_H
 #define PF_REWRITE_H
@@ -43,7 +61,25 @@ typedef struct pf_patchset {
 void pf_patchset_init(pf_patchset *p);
 void pf_patchset_free(pf_patchset *p);
 
-/* The patches that set every device of m to dev.  An empty set means nothing to change. */
-int pf_rewrite_device(const pf_model *m, const pf_device *dev, pf_patchset *out, pf_error *err);
+typedef struct pf_piece {
+	uint64_t off;          /* copy pieces: offset in the old file */
+	uint64_t len;
+	const uint8_t *bytes;  /* new bytes (plan arena), or NULL: copy [off, off + len) of the old file */
+} pf_piece;
+
+typedef struct pf_plan {
+	pf_piece *v;           /* in output order; none empty */
+	uint32_t n, cap;
+	uint64_t size;         /* the new file's length: sum of the lengths */
+	uint32_t n_edits;      /* device values changed */
+	pf_arena arena;        /* new bytes */
+} pf_plan;
+
+void pf_plan_init(pf_plan *p);
+void pf_plan_free(pf_plan *p);
+
+/* The plan that sets every device of m to dev.  An empty plan (n == 0)
+ * means nothing to change.  The plan's copy pieces refer to m->file. */
+int pf_rewrite_device(const pf_model *m, const pf_device *dev, pf_plan *out, pf_error *err);
 
 #endif

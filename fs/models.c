@@ -343,25 +343,42 @@ ssize_t pfs_model_read(pfs_model *ms, uint32_t idx, uint64_t off, void *buf, siz
 
 /* ---- rewriting ---------------------------------------------------------- */
 
-static int copy_all(int from, int to, uint64_t len)
+static int write_all(int to, const uint8_t *p, uint64_t len)
 {
-	loff_t in = 0, out = 0;
-	while ((uint64_t)in < len) {
-		ssize_t n = copy_file_range(from, &in, to, &out, (size_t)(len - (uint64_t)in), 0);
+	while (len) {
+		ssize_t n = write(to, p, len > (1u << 30) ? (1u << 30) : (size_t)len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		p += n;
+		len -= (uint64_t)n;
+	}
+	return 0;
+}
+
+/* Append [off, off + len) of from to the end of to (written so far: *out). */
+static int copy_range(int from, uint64_t off, uint64_t len, int to, loff_t *out)
+{
+	loff_t in = (loff_t)off;
+	uint64_t end = off + len;
+	while ((uint64_t)in < end) {
+		ssize_t n = copy_file_range(from, &in, to, out, (size_t)(end - (uint64_t)in), 0);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL)) {
 			/* no in-kernel copy here: plain reads and writes */
 			char buf[1 << 16];
-			ssize_t r = pread(from, buf, sizeof(buf), in);
+			uint64_t want = end - (uint64_t)in < sizeof(buf) ? end - (uint64_t)in : sizeof(buf);
+			ssize_t r = pread(from, buf, (size_t)want, in);
 			if (r < 0)
 				return -errno;
 			if (r == 0)
 				return -EIO;
-			if (pwrite(to, buf, (size_t)r, out) != r)
+			if (pwrite(to, buf, (size_t)r, *out) != r)
 				return errno ? -errno : -EIO;
 			in += r;
-			out += r;
+			*out += r;
 			continue;
 		}
 		if (n < 0)
@@ -372,12 +389,25 @@ static int copy_all(int from, int to, uint64_t len)
 	return 0;
 }
 
-static int apply_patches(int fd, const pf_patchset *ps)
+/* The new file, piece by piece: ranges of the old file and new bytes. */
+static int write_plan(int from, int to, const pf_plan *pl)
 {
-	for (uint32_t i = 0; i < ps->n; i++)
-		if (pwrite(fd, ps->v[i].bytes, ps->v[i].len, (off_t)ps->v[i].off) != (ssize_t)ps->v[i].len)
-			return errno ? -errno : -EIO;
-	return 0;
+	loff_t out = 0;
+	for (uint32_t i = 0; i < pl->n; i++) {
+		const pf_piece *pc = &pl->v[i];
+		int rc;
+		if (pc->bytes) {
+			if (lseek(to, out, SEEK_SET) < 0)
+				return -errno;
+			rc = write_all(to, pc->bytes, pc->len);
+			out += (loff_t)pc->len;
+		} else {
+			rc = copy_range(from, pc->off, pc->len, to, &out);
+		}
+		if (rc)
+			return rc;
+	}
+	return (uint64_t)out == pl->size ? 0 : -EIO;
 }
 
 /* Is rel still the file ms was loaded from? */
@@ -391,8 +421,8 @@ static bool unchanged(const pfs_model *ms, int dirfd, const char *rel)
 	       k.mtime_sec == ms->key.mtime_sec && k.mtime_nsec == ms->key.mtime_nsec;
 }
 
-/* Write patched copy to a temporary file beside rel, then rename it over rel. */
-static int commit_patched(pfs_model *ms, int dirfd, const char *rel, const pf_patchset *ps)
+/* Write the planned new file to a temporary file beside rel, then rename it over rel. */
+static int commit_plan(pfs_model *ms, int dirfd, const char *rel, const pf_plan *pl)
 {
 	char tmp[8400], dir[4096];
 	const char *slash = strrchr(rel, '/');
@@ -416,9 +446,7 @@ static int commit_patched(pfs_model *ms, int dirfd, const char *rel, const pf_pa
 	if (fchown(fd, st.st_uid, st.st_gid) < 0) {
 		/* not allowed for other owners: the file keeps ours, as cp would */
 	}
-	rc = copy_all(ms->fd, fd, (uint64_t)st.st_size);
-	if (!rc)
-		rc = apply_patches(fd, ps);
+	rc = write_plan(ms->fd, fd, pl);
 	if (!rc && fsync(fd) < 0)
 		rc = -errno;
 	if (close(fd) < 0 && !rc)
@@ -442,7 +470,7 @@ static int commit_patched(pfs_model *ms, int dirfd, const char *rel, const pf_pa
 int pfs_model_set_device(pfs_model *ms, int dirfd, const char *rel, const char *text, size_t len, pf_error *why)
 {
 	pf_device dev;
-	pf_patchset ps;
+	pf_plan pl;
 	int rc;
 
 	if (pf_device_parse(text, len, &dev))
@@ -451,15 +479,15 @@ int pfs_model_set_device(pfs_model *ms, int dirfd, const char *rel, const char *
 		return -ESTALE;
 	pthread_mutex_lock(&ms->lock);
 	rc = ensure_parsed(ms, why);
-	pf_patchset_init(&ps);
+	pf_plan_init(&pl);
 	if (!rc)
-		rc = pf_rewrite_device(&ms->model, &dev, &ps, why);
+		rc = pf_rewrite_device(&ms->model, &dev, &pl, why);
 	pthread_mutex_unlock(&ms->lock);
 	if (rc) {
-		pf_patchset_free(&ps);
+		pf_plan_free(&pl);
 		return -pfs_errno_of(why);
 	}
-	rc = ps.n ? commit_patched(ms, dirfd, rel, &ps) : 0;
-	pf_patchset_free(&ps);
+	rc = pl.n ? commit_plan(ms, dirfd, rel, &pl) : 0;
+	pf_plan_free(&pl);
 	return rc;
 }
