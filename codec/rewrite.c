@@ -227,7 +227,8 @@ static int rewrite_in_place(const pf_model *m, const pf_device *dev, pf_patchset
 	for (uint32_t i = 0; i < m->n_pickles; i++)
 		if (rewrite_pickle(m, &m->pickles[i], dev, out, err))
 			return -1;
-	qsort(out->v, out->n, sizeof(*out->v), compare_patches);
+	if (out->n > 1) /* qsort of no array is undefined */
+		qsort(out->v, out->n, sizeof(*out->v), compare_patches);
 	for (uint32_t i = 1; i < out->n; i++)
 		if (out->v[i].off < out->v[i - 1].off + out->v[i - 1].len)
 			return pf_fail(err, PF_E_FORMAT, out->v[i].off, "two rewrites touch the same bytes");
@@ -327,7 +328,8 @@ static int compare_repl(const void *a, const void *b)
 static int splice(const uint8_t *base, uint64_t len, repl *r, uint32_t n, plist *out, pf_error *err)
 {
 	uint64_t pos = 0;
-	qsort(r, n, sizeof(*r), compare_repl);
+	if (n > 1)
+		qsort(r, n, sizeof(*r), compare_repl);
 	for (uint32_t i = 0; i < n; i++) {
 		if (r[i].off < pos || r[i].len > len - r[i].off)
 			return pf_fail(err, PF_E_FORMAT, r[i].off, "two rewrites touch the same bytes");
