@@ -13,32 +13,8 @@
 
 #include "meta.h"
 #include "model.h"
+#include "pyrun.h"
 
-/* Run a Python snippet; what it writes to stdout comes back (malloc). */
-static uint8_t *python(const char *code, size_t *len)
-{
-	char path[] = "/tmp/pf-test-model-XXXXXX";
-	int fd = mkstemp(path);
-	ck_assert_int_ge(fd, 0);
-	FILE *f = fdopen(fd, "w");
-	fputs(code, f);
-	fclose(f);
-	char cmd[256];
-	snprintf(cmd, sizeof(cmd), "/usr/bin/python3 %s", path);
-	FILE *p = popen(cmd, "r");
-	ck_assert_ptr_nonnull(p);
-	size_t cap = 1 << 16, n = 0, got;
-	uint8_t *buf = malloc(cap);
-	while ((got = fread(buf + n, 1, cap - n, p)) > 0) {
-		n += got;
-		if (n == cap)
-			buf = realloc(buf, cap *= 2);
-	}
-	ck_assert_int_eq(pclose(p), 0);
-	unlink(path);
-	*len = n;
-	return buf;
-}
 
 #define PREAMBLE "import sys, io, pickle, torch, numpy as np\nout = sys.stdout.buffer\n"
 
@@ -52,7 +28,7 @@ typedef struct fixture {
 static void open_fixture(fixture *fx, const char *code)
 {
 	pf_error err = {0};
-	fx->data = python(code, &fx->len);
+	fx->data = pf_test_python(code, NULL, &fx->len);
 	ck_assert_msg(pf_model_open(&fx->m, fx->data, fx->len, NULL, &err) == 0, "model: %s at %llu", err.msg,
 		      (unsigned long long)err.offset);
 	ck_assert_msg(pf_tree_build(&fx->m, &fx->t, &err) == 0, "tree: %s", err.msg);
@@ -82,9 +58,9 @@ START_TEST(strided_views_read_in_c_order)
 		     "b = io.BytesIO(); torch.save({'t': base.t(), 's': base[1:3, ::2]}, b)\n"
 		     "out.write(b.getvalue())\n");
 	size_t elen;
-	uint8_t *expect = python(PREAMBLE "base = np.arange(24, dtype=np.float32).reshape(4, 6)\n"
+	uint8_t *expect = pf_test_python(PREAMBLE "base = np.arange(24, dtype=np.float32).reshape(4, 6)\n"
 					  "out.write(np.ascontiguousarray(base[1:3, ::2]).tobytes())\n",
-				 &elen);
+				 NULL, &elen);
 	const pf_file *s = file_named(&fx, "s.npy"), *t = file_named(&fx, "t.npy");
 	ck_assert_ptr_nonnull(s);
 	ck_assert_ptr_nonnull(t);
@@ -204,7 +180,7 @@ START_TEST(big_integers_are_exact)
 	fixture fx;
 	open_fixture(&fx, PREAMBLE "pickle.dump([2**60, -2**70 - 5, 2**53], out, protocol=2)\n");
 	size_t n;
-	uint8_t *expect = python(PREAMBLE "print(2**60, -2**70 - 5, end='')\n", &n);
+	uint8_t *expect = pf_test_python(PREAMBLE "print(2**60, -2**70 - 5, end='')\n", NULL, &n);
 	json_t *root = json_object_get(fx.t.meta, "root");
 	char got[128];
 	snprintf(got, sizeof(got), "%s %s", json_string_value(json_object_get(json_array_get(root, 0), "int")),
@@ -237,10 +213,9 @@ END_TEST
 START_TEST(deep_nesting_hits_the_limit)
 {
 	size_t len;
-	uint8_t *data = python(PREAMBLE
+	uint8_t *data = pf_test_python(PREAMBLE
 			       "x = []\nfor i in range(3000): x = [x]\n"
-			       "sys.setrecursionlimit(100000)\npickle.dump(x, out, protocol=4)\n",
-			       &len);
+			       "sys.setrecursionlimit(100000)\npickle.dump(x, out, protocol=4)\n", NULL, &len);
 	pf_model m;
 	pf_tree t;
 	pf_error err = {0};
@@ -262,10 +237,10 @@ START_TEST(protocol2_latin1_blobs)
 		     "a = np.array([[200, 1], [2, 255]], dtype=np.uint8)\n"
 		     "pickle.dump({'t': t, 'a': a, 'raw': bytes(range(256))}, out, protocol=2)\n");
 	size_t elen;
-	uint8_t *expect = python(PREAMBLE "import torch\n"
+	uint8_t *expect = pf_test_python(PREAMBLE "import torch\n"
 					  "out.write(torch.tensor([1.5, -2.0, 255.0, 3e38]).numpy().tobytes())\n"
 					  "out.write(bytes([200, 1, 2, 255]))\n",
-				 &elen);
+				 NULL, &elen);
 	const pf_file *t = file_named(&fx, "t.npy"), *a = file_named(&fx, "a.npy");
 	ck_assert_ptr_nonnull(t);
 	ck_assert_ptr_nonnull(a);

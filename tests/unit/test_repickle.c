@@ -19,6 +19,7 @@
 
 #include "model.h"
 #include "repickle.h"
+#include "pyrun.h"
 
 #define PYTHON "/usr/bin/python3"
 
@@ -59,25 +60,6 @@ static void write_file(const char *name, const void *p, size_t n)
 	fclose(f);
 }
 
-/* Run Python code with the temp dir as argv[1]; its stdout comes back (malloc). */
-static uint8_t *python(const char *code, size_t *len)
-{
-	char cmd[256];
-	write_file("script.py", code, strlen(code));
-	snprintf(cmd, sizeof(cmd), PYTHON " %s/script.py %s", tmpdir, tmpdir);
-	FILE *p = popen(cmd, "r");
-	ck_assert_ptr_nonnull(p);
-	size_t cap = 1 << 16, n = 0, got;
-	uint8_t *b = malloc(cap);
-	while ((got = fread(b + n, 1, cap - n, p)) > 0) {
-		n += got;
-		if (n == cap)
-			b = realloc(b, cap *= 2);
-	}
-	ck_assert_msg(pclose(p) == 0, "python failed: %.*s", (int)(n > 2000 ? 2000 : n), (const char *)b);
-	*len = n;
-	return b;
-}
 
 static void setup(void)
 {
@@ -287,7 +269,7 @@ START_TEST(hand_cases)
 	k += (size_t)snprintf(code + k, cap - k, "print(repr(bad) if bad else 'ok', end='')\n");
 	ck_assert_uint_lt(k, cap - 1);
 	size_t n;
-	uint8_t *res = python(code, &n);
+	uint8_t *res = pf_test_python(code, tmpdir, &n);
 	ck_assert_msg(n == 2 && memcmp(res, "ok", 2) == 0, "python: %.*s", (int)n, (const char *)res);
 	free(res);
 	free(code);
@@ -478,7 +460,7 @@ START_TEST(torch_zip_locations)
 		"assert isinstance(b['p'], torch.nn.Parameter)\n"
 		"print('ok', end='')\n";
 	size_t zlen, n;
-	uint8_t *zip = python(save, &zlen);
+	uint8_t *zip = pf_test_python(save, tmpdir, &zlen);
 	pf_model m;
 	pf_error err = {0};
 	ck_assert_msg(pf_model_open(&m, zip, zlen, NULL, &err) == 0, "%s", err.msg);
@@ -502,7 +484,7 @@ START_TEST(torch_zip_locations)
 	ck_assert_uint_eq(out.n, s->len);
 	write_file("in0", zip, zlen);
 	write_file("in1", out.p, out.n);
-	uint8_t *res = python(verify, &n);
+	uint8_t *res = pf_test_python(verify, tmpdir, &n);
 	ck_assert_msg(n == 2 && memcmp(res, "ok", 2) == 0, "python: %.*s", (int)n, (const char *)res);
 	/* the codec's own pickle machine reads 'cpu' in every persistent id */
 	pf_graph g;
@@ -565,7 +547,7 @@ static void plain_pickle(int proto, const char *devtext, uint32_t want_devices, 
 		 "print('ok', end='')\n",
 		 (int)strcspn(devtext, "\n"), devtext);
 	size_t len, n;
-	uint8_t *pk = python(save, &len);
+	uint8_t *pk = pf_test_python(save, tmpdir, &len);
 	pf_model m;
 	pf_error err = {0};
 	ck_assert_msg(pf_model_open(&m, pk, len, NULL, &err) == 0, "%s", err.msg);
@@ -584,7 +566,7 @@ static void plain_pickle(int proto, const char *devtext, uint32_t want_devices, 
 	if (size > 0)
 		ck_assert_uint_gt(out.n, len);
 	write_file("in0", out.p, out.n);
-	uint8_t *res = python(verify, &n);
+	uint8_t *res = pf_test_python(verify, tmpdir, &n);
 	ck_assert_msg(n == 2 && memcmp(res, "ok", 2) == 0, "python: %.*s", (int)n, (const char *)res);
 	free(res);
 	free(out.p);
@@ -624,7 +606,7 @@ START_TEST(plain_p4_same_length)
 		"    assert d['h']._device == d['h'].device == 'cpu' and d['c'] == {'_device': 'cpu'}\n"
 		"print('ok', end='')\n";
 	size_t len, n;
-	uint8_t *pk = python(save, &len);
+	uint8_t *pk = pf_test_python(save, tmpdir, &len);
 	pf_model m;
 	pf_error err = {0};
 	ck_assert_msg(pf_model_open(&m, pk, len, NULL, &err) == 0, "%s", err.msg);
@@ -638,7 +620,7 @@ START_TEST(plain_p4_same_length)
 	ck_assert_msg(rewrite(pk, len, l.v, l.n, &out, &err) == 0, "%s", err.msg);
 	ck_assert_uint_eq(out.n, len);
 	write_file("in0", out.p, out.n);
-	uint8_t *res = python(verify, &n);
+	uint8_t *res = pf_test_python(verify, tmpdir, &n);
 	ck_assert_msg(n == 2 && memcmp(res, "ok", 2) == 0, "python: %.*s", (int)n, (const char *)res);
 	/* every truncation of a real pickle fails cleanly */
 	for (size_t cut = 0; cut < len; cut++) {

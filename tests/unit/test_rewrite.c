@@ -22,6 +22,7 @@
 #include "model.h"
 #include "repickle.h"
 #include "rewrite.h"
+#include "pyrun.h"
 
 #define PYTHON "/usr/bin/python3"
 
@@ -57,16 +58,8 @@ static uint8_t *read_file(const char *name, size_t *len)
 /* Run Python code with the temp dir as argv[1]; fails the test when it fails. */
 static void python(const char *code)
 {
-	char cmd[256], out[4096];
-	write_file("script.py", code, strlen(code));
-	snprintf(cmd, sizeof(cmd), PYTHON " %s/script.py %s 2>&1", tmpdir, tmpdir);
-	FILE *p = popen(cmd, "r");
-	ck_assert_ptr_nonnull(p);
-	size_t n = fread(out, 1, sizeof(out) - 1, p);
-	out[n] = 0;
-	while (fgetc(p) != EOF) {
-	}
-	ck_assert_msg(pclose(p) == 0, "python failed: %s", out);
+	size_t n;
+	free(pf_test_python(code, tmpdir, &n));
 }
 
 static void setup(void)

@@ -17,34 +17,10 @@
 #include "model.h"
 #include "npy.h"
 #include "view.h"
+#include "pyrun.h"
 
 /* ------------------------------------------------------------------ helpers */
 
-/* Run a Python snippet; what it writes to stdout comes back (malloc). */
-static uint8_t *python(const char *code, size_t *len)
-{
-	char path[] = "/tmp/pf-test-view-XXXXXX";
-	int fd = mkstemp(path);
-	ck_assert_int_ge(fd, 0);
-	FILE *f = fdopen(fd, "w");
-	fputs(code, f);
-	fclose(f);
-	char cmd[256];
-	snprintf(cmd, sizeof(cmd), "/usr/bin/python3 %s", path);
-	FILE *p = popen(cmd, "r");
-	ck_assert_ptr_nonnull(p);
-	size_t cap = 1 << 16, n = 0, got;
-	uint8_t *buf = malloc(cap);
-	while ((got = fread(buf + n, 1, cap - n, p)) > 0) {
-		n += got;
-		if (n == cap)
-			buf = realloc(buf, cap *= 2);
-	}
-	ck_assert_int_eq(pclose(p), 0);
-	unlink(path);
-	*len = n;
-	return buf;
-}
 
 #define PREAMBLE                                                                           \
 	"import sys, io, pickle, torch, numpy as np\nout = sys.stdout.buffer\n"            \
@@ -91,7 +67,7 @@ static void build_fixture(fixture *fx)
 
 static void open_fixture(fixture *fx, const char *code)
 {
-	fx->data = python(code, &fx->len);
+	fx->data = pf_test_python(code, NULL, &fx->len);
 	build_fixture(fx);
 }
 
@@ -320,9 +296,9 @@ START_TEST(state_dict_view)
 	ck_assert_int_eq(pf_view_child(v, 0, ""), -1);    /* entry 0 is not its own child */
 
 	size_t elen, n;
-	uint8_t *expect = python(PREAMBLE STATE_DICT
+	uint8_t *expect = pf_test_python(PREAMBLE STATE_DICT
 				 "npy(w.numpy()); npy(base.t().numpy()); npy(sd['bias'].numpy())\n",
-				 &elen);
+				 NULL, &elen);
 	const uint8_t *r = record(expect, elen, 0, &n);
 	assert_npy(&fx, "enc/weight.npy", r, n);
 	assert_npy(&fx, "dec/weight.npy", r, n);
@@ -351,7 +327,7 @@ static void numpy_pickle(int protocol)
 	snprintf(code, sizeof(code), PREAMBLE NUMPY_ARRAYS "pickle.dump(d, out, protocol=%d)\n", protocol);
 	open_fixture(&fx, code);
 	size_t elen, n;
-	uint8_t *expect = python(PREAMBLE NUMPY_ARRAYS "npy(a); npy(f); npy(u)\n", &elen);
+	uint8_t *expect = pf_test_python(PREAMBLE NUMPY_ARRAYS "npy(a); npy(f); npy(u)\n", NULL, &elen);
 	static const char *const paths[] = {"a.npy", "sub/f.npy", "sub/u.npy"};
 	for (unsigned k = 0; k < 3; k++) {
 		const uint8_t *r = record(expect, elen, k, &n);
