@@ -19,35 +19,8 @@
 
 #include "cursor.h"
 #include "hashmap.h"
+#include "pickle_ops.h"
 #include "utf8.h"
-
-enum {
-	OP_MARK = '(',
-	OP_STOP = '.',
-	OP_TUPLE = 't',
-	OP_PUT = 'p',
-	OP_BINPUT = 'q',
-	OP_LONG_BINPUT = 'r',
-	OP_GET = 'g',
-	OP_BINGET = 'h',
-	OP_LONG_BINGET = 'j',
-	OP_STRING = 'S',
-	OP_BINSTRING = 'T',
-	OP_SHORT_BINSTRING = 'U',
-	OP_UNICODE = 'V',
-	OP_BINUNICODE = 'X',
-	OP_PROTO = 0x80,
-	OP_TUPLE1 = 0x85,
-	OP_TUPLE2 = 0x86,
-	OP_TUPLE3 = 0x87,
-	OP_SHORT_BINUNICODE = 0x8c,
-	OP_BINUNICODE8 = 0x8d,
-	OP_BINBYTES = 'B',
-	OP_SHORT_BINBYTES = 'C',
-	OP_BINBYTES8 = 0x8e,
-	OP_MEMOIZE = 0x94,
-	OP_FRAME = 0x95,
-};
 
 #define NONE64 UINT64_MAX
 #define MAXW 3          /* memo writes re-encoded with one unit */

@@ -548,14 +548,20 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_entry(req, &e);
 }
 
+/* The kernel forgot n lookups of ino; the caller holds fs->lock. Nodes stay in
+ * the table (their numbers must stay stable): only the count drops. */
+static void drop_lookups(pfs *fs, fuse_ino_t ino, uint64_t n)
+{
+	node *nd = node_get(fs, ino);
+	if (nd)
+		nd->nlookup = nd->nlookup > n ? nd->nlookup - n : 0;
+}
+
 static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 {
 	pfs *fs = fs_of(req);
 	pthread_mutex_lock(&fs->lock);
-	node *n = node_get(fs, ino);
-	/* nodes stay in the table (their numbers must stay stable); only the count drops */
-	if (n)
-		n->nlookup = n->nlookup > nlookup ? n->nlookup - nlookup : 0;
+	drop_lookups(fs, ino, nlookup);
 	pthread_mutex_unlock(&fs->lock);
 	fuse_reply_none(req);
 }
@@ -564,11 +570,8 @@ static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
 {
 	pfs *fs = fs_of(req);
 	pthread_mutex_lock(&fs->lock);
-	for (size_t i = 0; i < count; i++) {
-		node *n = node_get(fs, forgets[i].ino);
-		if (n)
-			n->nlookup = n->nlookup > forgets[i].nlookup ? n->nlookup - forgets[i].nlookup : 0;
-	}
+	for (size_t i = 0; i < count; i++)
+		drop_lookups(fs, forgets[i].ino, forgets[i].nlookup);
 	pthread_mutex_unlock(&fs->lock);
 	fuse_reply_none(req);
 }
