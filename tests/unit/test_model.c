@@ -13,7 +13,7 @@
 
 #include "meta.h"
 #include "model.h"
-#include "pyrun.h"
+#include "testutil.h"
 
 
 #define PREAMBLE "import sys, io, pickle, torch, numpy as np\nout = sys.stdout.buffer\n"

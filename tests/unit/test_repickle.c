@@ -19,7 +19,7 @@
 
 #include "model.h"
 #include "repickle.h"
-#include "pyrun.h"
+#include "testutil.h"
 
 #define PYTHON "/usr/bin/python3"
 

@@ -22,7 +22,7 @@
 #include "model.h"
 #include "repickle.h"
 #include "rewrite.h"
-#include "pyrun.h"
+#include "testutil.h"
 
 #define PYTHON "/usr/bin/python3"
 

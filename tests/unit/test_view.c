@@ -17,7 +17,7 @@
 #include "model.h"
 #include "npy.h"
 #include "view.h"
-#include "pyrun.h"
+#include "testutil.h"
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -698,19 +698,6 @@ END_TEST
 
 /* ------------------------------------------------------------------ corpus */
 
-static uint8_t *slurp(const char *path, size_t *len)
-{
-	FILE *f = fopen(path, "rb");
-	ck_assert_msg(f != NULL, "open %s", path);
-	fseek(f, 0, SEEK_END);
-	long n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	uint8_t *buf = malloc(n > 0 ? (size_t)n : 1);
-	ck_assert_uint_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
-	fclose(f);
-	*len = (size_t)n;
-	return buf;
-}
 
 /* Every real file builds a view whose file ranges are the tensors' bytes, and round-trips. */
 START_TEST(real_corpus)
@@ -729,7 +716,7 @@ START_TEST(real_corpus)
 		char path[2048];
 		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
 		fixture fx;
-		fx.data = slurp(path, &fx.len);
+		fx.data = pf_test_slurp(path, &fx.len);
 		if (strcmp(de->d_name, "sbi_npse_zip_versiononly.pkl") == 0) {
 			pf_error err = {0};
 			ck_assert_int_ne(pf_model_open(&fx.m, fx.data, fx.len, NULL, &err), 0);

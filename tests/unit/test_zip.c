@@ -19,6 +19,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "testutil.h"
 #include "zip.h"
 
 #define PYTHON "/usr/bin/python3"
@@ -28,46 +29,8 @@ static char shared_dir[1024]; /* $PF_SHARED */
 
 /* ------------------------------------------------------------------ files, shell */
 
-static uint8_t *slurp(const char *path, uint64_t *len)
-{
-	FILE *f = fopen(path, "rb");
-	uint8_t *buf;
-	long n;
 
-	ck_assert_msg(f != NULL, "cannot open %s", path);
-	ck_assert_int_eq(fseek(f, 0, SEEK_END), 0);
-	n = ftell(f);
-	ck_assert_int_ge(n, 0);
-	rewind(f);
-	buf = malloc((size_t)n + 1);
-	ck_assert_ptr_nonnull(buf);
-	ck_assert_uint_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
-	fclose(f);
-	*len = (uint64_t)n;
-	return buf;
-}
 
-static void spit(const char *path, const uint8_t *buf, size_t len)
-{
-	FILE *f = fopen(path, "wb");
-	ck_assert_ptr_nonnull(f);
-	ck_assert_uint_eq(fwrite(buf, 1, len, f), len);
-	ck_assert_int_eq(fclose(f), 0);
-}
-
-static int shell(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int shell(const char *fmt, ...)
-{
-	char cmd[4096];
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(cmd, sizeof(cmd), fmt, ap);
-	va_end(ap);
-	ck_assert_int_lt(n, (int)sizeof(cmd));
-	return system(cmd);
-}
 
 static void real_path(char *out, size_t n, const char *name)
 {
@@ -397,8 +360,8 @@ static expected *python_listing(const char *path, const char *out, uint64_t star
 	expected *ex = NULL;
 	FILE *f;
 
-	ck_assert_int_eq(shell("rm -rf '%s' && mkdir -p '%s'", out, out), 0);
-	ck_assert_int_eq(shell(PYTHON " '%s/list.py' '%s' '%s' %llu", tmp_dir, path, out,
+	ck_assert_int_eq(pf_test_shell("rm -rf '%s' && mkdir -p '%s'", out, out), 0);
+	ck_assert_int_eq(pf_test_shell(PYTHON " '%s/list.py' '%s' '%s' %llu", tmp_dir, path, out,
 			       (unsigned long long)start), 0);
 	snprintf(list, sizeof(list), "%s/listing.txt", out);
 	f = fopen(list, "r");
@@ -477,7 +440,7 @@ static unsigned compare_with_python(const char *path, const uint8_t *buf, uint64
 			ck_assert_ptr_eq(data, buf + e->data_off); /* stored: no copy */
 		deflated += decoded;
 		snprintf(bin, sizeof(bin), "%s/%zu.bin", out, i);
-		want = slurp(bin, &want_len);
+		want = pf_test_slurp(bin, &want_len);
 		ck_assert_uint_eq(data_len, want_len);
 		ck_assert(memcmp(data, want, want_len) == 0);
 		free(want);
@@ -493,7 +456,7 @@ static unsigned compare_with_python(const char *path, const uint8_t *buf, uint64
 static unsigned compare_file(const char *path, const char *tag)
 {
 	uint64_t len;
-	uint8_t *buf = slurp(path, &len);
+	uint8_t *buf = pf_test_slurp(path, &len);
 	unsigned deflated = compare_with_python(path, buf, len, 0, tag);
 	free(buf);
 	return deflated;
@@ -547,7 +510,7 @@ START_TEST(test_embedded_zip_slice)
 	const uint8_t *eocd = NULL;
 
 	real_path(path, sizeof(path), "pkl_cuda_skorch_2022_p4.pkl");
-	buf = slurp(path, &len);
+	buf = pf_test_slurp(path, &len);
 	ASSERT_CODE(open_code(buf, len, 0, &lim, &err), PF_E_ZIP, err);
 
 	/* zipfile says where the zip starts; its EOCD (no comment) ends it */
@@ -573,7 +536,7 @@ END_TEST
 static void all_prefixes_fail(const char *path)
 {
 	uint64_t len;
-	uint8_t *buf = slurp(path, &len);
+	uint8_t *buf = pf_test_slurp(path, &len);
 	pf_limits lim = pf_limits_default();
 	pf_error err;
 
@@ -616,7 +579,7 @@ START_TEST(test_bit_flips)
 	unsigned opened = 0, refused = 0, bad_data = 0;
 
 	snprintf(path, sizeof(path), "%s/ts.pt", tmp_dir);
-	buf = slurp(path, &len);
+	buf = pf_test_slurp(path, &len);
 	for (uint64_t i = 0; i < len; i++)
 		for (int bit = 0; bit < 8; bit++) {
 			pf_arena arena;
@@ -692,7 +655,7 @@ START_TEST(test_builder_baseline)
 	zip = tb_build(e, 3, NULL, &len);
 	/* zipfile agrees with us on the builder's output */
 	snprintf(path, sizeof(path), "%s/base.zip", tmp_dir);
-	spit(path, zip, len);
+	pf_test_spit(path, zip, len);
 	ck_assert_uint_eq(compare_with_python(path, zip, len, 0, "base"), 0);
 
 	pf_arena_init(&arena);

@@ -22,6 +22,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "testutil.h"
 #include "arena.h"
 #include "pf_limits.h"
 #include "zip.h"
@@ -34,46 +35,8 @@ static char helper[1024]; /* torch-zip-check, or "" when it was not built */
 
 /* ------------------------------------------------------------------ files, shell */
 
-static uint8_t *slurp(const char *path, uint64_t *len)
-{
-	FILE *f = fopen(path, "rb");
-	uint8_t *buf;
-	long n;
 
-	ck_assert_msg(f != NULL, "cannot open %s", path);
-	ck_assert_int_eq(fseek(f, 0, SEEK_END), 0);
-	n = ftell(f);
-	ck_assert_int_ge(n, 0);
-	rewind(f);
-	buf = malloc((size_t)n + 1);
-	ck_assert_ptr_nonnull(buf);
-	ck_assert_uint_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
-	fclose(f);
-	*len = (uint64_t)n;
-	return buf;
-}
 
-static void spit(const char *path, const uint8_t *buf, size_t len)
-{
-	FILE *f = fopen(path, "wb");
-	ck_assert_ptr_nonnull(f);
-	ck_assert_uint_eq(fwrite(buf, 1, len, f), len);
-	ck_assert_int_eq(fclose(f), 0);
-}
-
-static int shell(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int shell(const char *fmt, ...)
-{
-	char cmd[20000];
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(cmd, sizeof(cmd), fmt, ap);
-	va_end(ap);
-	ck_assert_int_lt(n, (int)sizeof(cmd));
-	return system(cmd);
-}
 
 static void fixture(char *out, size_t n, const char *name)
 {
@@ -243,7 +206,7 @@ static void check_with_libtorch(const char *path, const uint8_t *buf, uint64_t l
 	if (!helper[0])
 		return;
 	snprintf(out, sizeof(out), "%s.lt", path);
-	ck_assert_msg(shell("'%s' '%s' > '%s'", helper, path, out) == 0,
+	ck_assert_msg(pf_test_shell("'%s' '%s' > '%s'", helper, path, out) == 0,
 		      "torch-zip-check failed on %s", path);
 	open_ok(&o, buf, len);
 	f = fopen(out, "r");
@@ -280,7 +243,7 @@ static void roundtrip(const char *name)
 	opened o;
 
 	fixture(path, sizeof(path), name);
-	buf = slurp(path, &len);
+	buf = pf_test_slurp(path, &len);
 	open_ok(&o, buf, len);
 	r = records_of(&o.z, buf);
 
@@ -331,7 +294,7 @@ START_TEST(test_fixture_coverage)
 	bool empty = false, late_key = false;
 
 	fixture(path, sizeof(path), "odd.pt");
-	buf = slurp(path, &len);
+	buf = pf_test_slurp(path, &len);
 	open_ok(&o, buf, len);
 	for (uint32_t i = 0; i < o.z.n_entries; i++) {
 		empty |= o.z.entries[i].usize == 0;
@@ -363,7 +326,7 @@ START_TEST(test_same_length_edit)
 	opened o;
 
 	fixture(path, sizeof(path), "w.pt");
-	buf = slurp(path, &len);
+	buf = pf_test_slurp(path, &len);
 	open_ok(&o, buf, len);
 	r = records_of(&o.z, buf);
 	for (uint32_t i = 0; i < o.z.n_entries; i++)
@@ -403,8 +366,8 @@ START_TEST(test_same_length_edit)
 	ck_assert_uint_ne(newcrc, e0->crc32);
 
 	fixture(out, sizeof(out), "w-edit.pt");
-	spit(out, s.p, s.n);
-	ck_assert_int_eq(shell(PYTHON " '%s/check.py' '%s' '%s' w-edit", tmp_dir, path, out), 0);
+	pf_test_spit(out, s.p, s.n);
+	ck_assert_int_eq(pf_test_shell(PYTHON " '%s/check.py' '%s' '%s' w-edit", tmp_dir, path, out), 0);
 	check_with_libtorch(out, s.p, s.n);
 	free(s.p);
 	free(edit);
@@ -427,7 +390,7 @@ static void grow_pickle(const char *name, unsigned grow, char *args, size_t args
 	uint32_t k = UINT32_MAX;
 
 	fixture(path, sizeof(path), name);
-	buf = slurp(path, &len);
+	buf = pf_test_slurp(path, &len);
 	open_ok(&o, buf, len);
 	r = records_of(&o.z, buf);
 	snprintf(prefix_pkl, sizeof(prefix_pkl), "%s/data.pkl", o.z.prefix);
@@ -449,7 +412,7 @@ static void grow_pickle(const char *name, unsigned grow, char *args, size_t args
 	check_output(r, o.z.n_entries, 64, &s);
 
 	snprintf(out, sizeof(out), "%s/grown-%u-%s", tmp_dir, grow, name);
-	spit(out, s.p, s.n);
+	pf_test_spit(out, s.p, s.n);
 	append_check(args, args_size, path, out, "same");
 	check_with_libtorch(out, s.p, s.n);
 	free(s.p);
@@ -468,7 +431,7 @@ START_TEST(test_pickle_length_change)
 	for (size_t f = 0; f < sizeof(FIXTURES) / sizeof(FIXTURES[0]); f++)
 		for (size_t g = 0; g < sizeof(grows) / sizeof(grows[0]); g++)
 			grow_pickle(FIXTURES[f], grows[g], args, sizeof(args));
-	ck_assert_int_eq(shell(PYTHON " '%s/check.py'%s", tmp_dir, args), 0);
+	ck_assert_int_eq(pf_test_shell(PYTHON " '%s/check.py'%s", tmp_dir, args), 0);
 }
 END_TEST
 
@@ -486,7 +449,7 @@ START_TEST(test_other_alignment)
 	opened o;
 
 	fixture(path, sizeof(path), "odd.pt");
-	buf = slurp(path, &len);
+	buf = pf_test_slurp(path, &len);
 	open_ok(&o, buf, len);
 	r = records_of(&o.z, buf);
 	args[0] = '\0';
@@ -494,11 +457,11 @@ START_TEST(test_other_alignment)
 		write_ok(r, o.z.n_entries, aligns[a], &s);
 		check_output(r, o.z.n_entries, aligns[a], &s);
 		snprintf(out, sizeof(out), "%s/align-%u.pt", tmp_dir, aligns[a]);
-		spit(out, s.p, s.n);
+		pf_test_spit(out, s.p, s.n);
 		append_check(args, sizeof(args), path, out, "same");
 		free(s.p);
 	}
-	ck_assert_int_eq(shell(PYTHON " '%s/check.py'%s", tmp_dir, args), 0);
+	ck_assert_int_eq(pf_test_shell(PYTHON " '%s/check.py'%s", tmp_dir, args), 0);
 	free(r);
 	close_z(&o);
 	free(buf);
@@ -774,7 +737,7 @@ START_TEST(test_zip64_readers_accept)
 	close_z(&o);
 	munmap(map, l.size);
 	close(fd);
-	ck_assert_int_eq(shell(PYTHON " '%s/check.py' - '%s' list64", tmp_dir, path), 0);
+	ck_assert_int_eq(pf_test_shell(PYTHON " '%s/check.py' - '%s' list64", tmp_dir, path), 0);
 	unlink(path);
 	free(s);
 }
