@@ -37,6 +37,7 @@ const char *pf_code_name(pf_code code)
 	case PF_E_FORMAT: return "bad format";
 	case PF_E_INFLATE: return "bad deflate";
 	case PF_E_UNSUPPORTED: return "unsupported";
+	case PF_E_INVALID: return "invalid change";
 	}
 	return "unknown";
 }

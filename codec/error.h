@@ -29,6 +29,7 @@ typedef enum pf_code {
 	PF_E_FORMAT,      /* well-formed bytes, but not a model we understand */
 	PF_E_INFLATE,     /* a deflated record did not inflate */
 	PF_E_UNSUPPORTED, /* valid input using a feature we do not read */
+	PF_E_INVALID,     /* a change written through the tree that is refused (EINVAL) */
 } pf_code;
 
 #define PF_ERR_MSG_MAX 200

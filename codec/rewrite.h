@@ -82,4 +82,52 @@ void pf_plan_free(pf_plan *p);
  * means nothing to change.  The plan's copy pieces refer to m->file. */
 int pf_rewrite_device(const pf_model *m, const pf_device *dev, pf_plan *out, pf_error *err);
 
+/* ---- the general rewrite: every kind of change written through the tree ---- */
+
+/* One edit of one object pickle: e.op_off is relative to m->pickles[span].start. */
+typedef struct pf_span_edit {
+	uint32_t span;          /* index into m->pickles */
+	pf_str_edit e;
+} pf_span_edit;
+
+/* A run of memory: the model file's own bytes (m->file ...) or the caller's. */
+typedef struct pf_bytes_run {
+	const uint8_t *p;
+	uint64_t len;
+} pf_bytes_run;
+
+/*
+ * New contents of one tensor: its logical bytes exactly as its .npy file
+ * holds them after the header (C order, or Fortran order when t->fortran),
+ * t->nbytes bytes in all, given as runs of memory in order.  A run that lies
+ * inside m->file[0..file_len) stays a reference to the old file (no copy).
+ */
+typedef struct pf_tensor_data {
+	uint32_t tensor;        /* index into m->tensors */
+	const pf_bytes_run *runs;
+	uint32_t n_runs;
+} pf_tensor_data;
+
+typedef struct pf_changes {
+	const pf_device *device;        /* NULL: devices stay as they are */
+	const pf_span_edit *edits;      /* globals renames, scalar values (edits.h) */
+	uint32_t n_edits;
+	const pf_tensor_data *data;     /* tensors with new contents */
+	uint32_t n_data;
+} pf_changes;
+
+/*
+ * The plan that applies every change of ch to m: devices (as
+ * pf_rewrite_device), the given pickle edits, and new tensor contents
+ * written into their storages (contiguous tensors as one range; strided
+ * views scattered element by element into a copy of the touched part of the
+ * storage; bytes held as latin-1 text re-encoded).  Same container,
+ * protocol and layout wherever lengths allow; CRC-32s follow.  Memory the
+ * changes point to must stay valid as long as the plan.  An empty plan
+ * means nothing changes.  PF_E_INVALID for changes that contradict each
+ * other (two edits of one opcode, a tensor index out of range, runs whose
+ * lengths do not add up to nbytes).
+ */
+int pf_rewrite(const pf_model *m, const pf_changes *ch, pf_plan *out, pf_error *err);
+
 #endif

@@ -27,6 +27,7 @@ int pfs_errno_of(const pf_error *err)
 	case PF_E_NOMEM: return ENOMEM;
 	case PF_E_LIMIT: return EFBIG;
 	case PF_E_UNSUPPORTED: return EOPNOTSUPP;
+	case PF_E_INVALID: return EINVAL;
 	case PF_E_FORMAT: return EIO;
 	default: return EIO; /* malformed model bytes */
 	}
