@@ -18,6 +18,7 @@ typedef struct task {
 	const uint8_t *comp;   /* its own path component (unescaped); NULL = hoisted into dir */
 	size_t comp_len;
 	uint32_t depth;
+	bool is_key;           /* a dict key in the [key, value] pair form */
 } task;
 
 typedef struct walk {
@@ -438,7 +439,7 @@ static int push_dict_items(walk *w, pf_nid dict, json_t *holder, const char *fie
 			if (push(w, (task){.id = val, .parent = pair, .dir = child_dir, .comp = comp,
 					   .comp_len = len, .depth = depth}) ||
 			    push(w, (task){.id = key, .parent = pair, .dir = dir, .comp = (const uint8_t *)kc,
-					   .comp_len = (size_t)kl, .depth = depth}))
+					   .comp_len = (size_t)kl, .depth = depth, .is_key = true}))
 				return -1;
 		}
 	}
@@ -575,6 +576,28 @@ static uint64_t latin1_len(const pf_graph *g, const pf_node *n)
 	return chars;
 }
 
+/* Place a scalar node's JSON and note where it went (t->scalars). */
+static int place_scalar(walk *w, const task *tk, json_t *v)
+{
+	pf_tree *t = w->t;
+	if (place(w, tk, v))
+		return -1;
+	if (tk->is_key)
+		return 0;
+	if (t->n_scalars == t->cap_scalars) {
+		uint32_t cap = t->cap_scalars ? t->cap_scalars * 2 : 64;
+		pf_meta_scalar *s = cap > t->cap_scalars ? realloc(t->scalars, cap * sizeof(*s)) : NULL;
+		if (!s)
+			return pf_fail(w->err, PF_E_NOMEM, 0, "out of memory");
+		t->scalars = s;
+		t->cap_scalars = cap;
+	}
+	size_t index = tk->key ? 0 : json_array_size(tk->parent) - 1;
+	t->scalars[t->n_scalars++] = (pf_meta_scalar){.parent = tk->parent, .key = tk->key, .index = index,
+						       .node = tk->id};
+	return 0;
+}
+
 /* Show one value. */
 static int step(walk *w, const task *tk)
 {
@@ -595,15 +618,15 @@ static int step(walk *w, const task *tk)
 		return place(w, tk, json_pack("{s:s}", "ref", w->first_path[first]));
 
 	switch (n->kind) {
-	case PF_K_NONE: return place(w, tk, json_null());
-	case PF_K_BOOL: return place(w, tk, json_boolean(n->u.b));
-	case PF_K_INT: return place(w, tk, int_json(n->u.i));
-	case PF_K_FLOAT: return place(w, tk, float_json(n->u.f));
+	case PF_K_NONE: return place_scalar(w, tk, json_null());
+	case PF_K_BOOL: return place_scalar(w, tk, json_boolean(n->u.b));
+	case PF_K_INT: return place_scalar(w, tk, int_json(n->u.i));
+	case PF_K_FLOAT: return place_scalar(w, tk, float_json(n->u.f));
 	case PF_K_BIGINT:
 		if (n->flags & PF_F_DECIMAL)
-			return place(w, tk, json_pack("{s:s#}", "int", (const char *)n->u.s.p, (int)n->u.s.len));
-		return place(w, tk, bigint_json(n->u.s.p, n->u.s.len));
-	case PF_K_STR: return place(w, tk, json_text(n->u.s.p, (size_t)n->u.s.len));
+			return place_scalar(w, tk, json_pack("{s:s#}", "int", (const char *)n->u.s.p, (int)n->u.s.len));
+		return place_scalar(w, tk, bigint_json(n->u.s.p, n->u.s.len));
+	case PF_K_STR: return place_scalar(w, tk, json_text(n->u.s.p, (size_t)n->u.s.len));
 	case PF_K_GLOBAL: {
 		char *name = global_name(w, pf_node_global(g, tk->id));
 		return name ? place(w, tk, json_pack("{s:s}", "global", name)) : pf_fail(w->err, PF_E_NOMEM, 0, "oom");
@@ -816,6 +839,7 @@ out:
 void pf_tree_free(pf_tree *t)
 {
 	free(t->files);
+	free(t->scalars);
 	json_decref(t->meta);
 	free(t->device_text);
 	free(t->globals_text);

@@ -17,7 +17,8 @@
  *    container reached again is {"ref": "<path of first use>"}, so the
  *    output is linear in the graph even for a "billion laughs" pickle;
  *  - `device`: the distinct storage locations, most frequent first;
- *  - `globals`: every referenced module/name pair, first-use order.
+ *  - `globals`: every referenced module/name pair, first-use order;
+ *  - t->scalars: where each scalar node is shown in meta (for edits.c).
  *
  * Nesting deeper than pf_limits.max_depth is a PF_E_LIMIT error.
  */
@@ -37,9 +38,24 @@ typedef struct pf_file {
 	int32_t link_of;    /* index of the first file of the same tensor, or -1 */
 } pf_file;
 
+/*
+ * A scalar of the graph (None, bool, int, float, str node) as meta.json
+ * shows it: where in t->meta it is and which node it is.  Dict keys are
+ * not listed (in the {"dict": [[key, value], ...]} form a key is fixed).
+ * A memoized scalar shown at several places is listed once per place.
+ */
+typedef struct pf_meta_scalar {
+	const json_t *parent; /* the object or array of t->meta holding the value */
+	const char *key;      /* its key in an object parent (NUL-terminated), NULL in an array */
+	size_t index;         /* its index in an array parent */
+	pf_nid node;
+} pf_meta_scalar;
+
 typedef struct pf_tree {
 	pf_file *files;     /* walk order */
 	uint32_t n_files, cap_files;
+	pf_meta_scalar *scalars; /* every scalar node shown in meta, walk order (edits.h) */
+	uint32_t n_scalars, cap_scalars;
 	json_t *meta;       /* the meta.json document */
 	char *device_text;  /* "cuda:0\ncpu\n" (malloc) */
 	char *globals_text; /* "torch._utils _rebuild_tensor_v2\n..." (malloc) */

@@ -10,10 +10,14 @@
  *             encoding (same length first);
  *   3. emit:  run twice, first only counting (to learn each FRAME's new
  *             length), then writing to the sink.
+ * Global renames and non-str scalar values are "raw" units: their opcode
+ * alone, re-encoded into a small buffer during the plan.
  */
 #include "repickle.h"
 
+#include <math.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -102,6 +106,19 @@ static bool is_payload_op(uint8_t c)
 static bool is_tuple_op(uint8_t c)
 {
 	return c == OP_TUPLE1 || c == OP_TUPLE2 || c == OP_TUPLE3 || c == OP_TUPLE;
+}
+
+/* Opcodes PF_EDIT_GLOBAL may rename. */
+static bool is_global_op(uint8_t c)
+{
+	return c == OP_GLOBAL || c == OP_INST || c == OP_STACK_GLOBAL;
+}
+
+/* Opcodes that push a scalar PF_EDIT_SCALAR may replace. */
+static bool is_scalar_op(uint8_t c)
+{
+	return is_str_op(c) || (c && strchr("NIJKMLFG", c)) || c == OP_NEWTRUE || c == OP_NEWFALSE ||
+	       c == OP_LONG1 || c == OP_LONG4;
 }
 
 static bool is_memo_write(uint8_t c)
@@ -250,6 +267,7 @@ typedef struct plan {
 	wr w[MAXW];
 	uint8_t n_pad2, n_pad5, pad_w;
 	uint16_t pad_idx[MAX_PADS];   /* indices of the padding writes, in order */
+	uint8_t *raw;          /* a raw unit's new bytes (malloc), out_len of them */
 	uint64_t out_len;
 } plan;
 
@@ -342,14 +360,18 @@ static uint16_t take_free(rp *r, bool high)
 
 static int check_edit_at(const pf_str_edit *e, const op *o, pf_error *err)
 {
-	if (e->kind == PF_EDIT_STR && !is_str_op(o->code))
-		return pf_fail(err, PF_E_FORMAT, o->off, "edit at opcode 0x%02x, which is no string", o->code);
-	if (e->kind == PF_EDIT_TUPLE1 && !is_tuple_op(o->code))
-		return pf_fail(err, PF_E_FORMAT, o->off, "edit at opcode 0x%02x, which is no tuple", o->code);
-	if (e->kind == PF_EDIT_PAYLOAD && !is_payload_op(o->code))
-		return pf_fail(err, PF_E_FORMAT, o->off, "edit at opcode 0x%02x, which is no bytes or str", o->code);
-	if (e->kind != PF_EDIT_STR && e->kind != PF_EDIT_TUPLE1 && e->kind != PF_EDIT_PAYLOAD)
-		return pf_fail(err, PF_E_FORMAT, o->off, "unknown edit kind %u", e->kind);
+	static const char *const what[] = {"string", "tuple", "bytes or str", "global", "scalar"};
+	bool ok;
+	switch (e->kind) {
+	case PF_EDIT_STR: ok = is_str_op(o->code); break;
+	case PF_EDIT_TUPLE1: ok = is_tuple_op(o->code); break;
+	case PF_EDIT_PAYLOAD: ok = is_payload_op(o->code); break;
+	case PF_EDIT_GLOBAL: ok = is_global_op(o->code); break;
+	case PF_EDIT_SCALAR: ok = is_scalar_op(o->code); break;
+	default: return pf_fail(err, PF_E_FORMAT, o->off, "unknown edit kind %u", e->kind);
+	}
+	if (!ok)
+		return pf_fail(err, PF_E_FORMAT, o->off, "edit at opcode 0x%02x, which is no %s", o->code, what[e->kind]);
 	if (e->new_len && !e->new_text)
 		return pf_fail(err, PF_E_FORMAT, o->off, "edit without text");
 	return 0;
@@ -831,6 +853,283 @@ static int solve_payload(const rp *r, plan *pl, const op *o, pf_error *err)
 	return 0;
 }
 
+/* ---- raw units: global names and scalar values ------------------------------------ */
+
+/* "module\nname": one '\n', both parts non-empty UTF-8 without spaces or controls. */
+static int check_global_text(const pf_str_edit *e, uint64_t off, pf_error *err)
+{
+	const uint8_t *p = (const uint8_t *)e->new_text;
+	size_t n = e->new_len, nl = SIZE_MAX;
+	for (size_t i = 0; i < n; i++) {
+		if (p[i] == '\n' && nl == SIZE_MAX)
+			nl = i;
+		else if (p[i] <= ' ' || p[i] == 0x7f)
+			return pf_fail(err, PF_E_FORMAT, off, "global name with a space, newline or control character");
+	}
+	if (nl == SIZE_MAX || nl == 0 || nl + 1 == n)
+		return pf_fail(err, PF_E_FORMAT, off, "global name is not \"module\\nname\"");
+	if (!utf8_ok(e->new_text, n))
+		return pf_fail(err, PF_E_FORMAT, off, "global name is not UTF-8");
+	return 0;
+}
+
+/* GLOBAL / INST with new operands; STACK_GLOBAL becomes POP POP GLOBAL. */
+static int solve_global(plan *pl, const op *o, pf_error *err)
+{
+	const pf_str_edit *e = pl->e;
+	size_t pre = o->code == OP_STACK_GLOBAL ? 2 : 0;
+	if (check_global_text(e, o->off, err))
+		return -1;
+	pl->start = o->off;
+	pl->end = o->end;
+	pl->out_len = pre + 2 + e->new_len;
+	pl->raw = malloc((size_t)pl->out_len);
+	if (!pl->raw)
+		return pf_fail(err, PF_E_NOMEM, o->off, "out of memory");
+	memset(pl->raw, OP_POP, pre);
+	pl->raw[pre] = o->code == OP_INST ? OP_INST : OP_GLOBAL;
+	memcpy(pl->raw + pre + 1, e->new_text, e->new_len);
+	pl->raw[pl->out_len - 1] = '\n';
+	return 0;
+}
+
+/* Decimal text "-?(0|[1-9][0-9]*)", at most PF_INT_DIGITS_MAX digits. */
+static bool decimal_ok(const char *s, size_t n)
+{
+	size_t neg = n && s[0] == '-';
+	if (n == neg || n - neg > PF_INT_DIGITS_MAX || (s[neg] == '0' && n - neg > 1) || (neg && s[1] == '0'))
+		return false;
+	for (size_t i = neg; i < n; i++)
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+	return true;
+}
+
+/* The value of checked decimal text when it fits in int64. */
+static bool decimal_i64(const char *s, size_t n, int64_t *v)
+{
+	bool neg = s[0] == '-';
+	uint64_t x = 0, lim = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+	for (size_t i = neg; i < n; i++) {
+		unsigned d = (unsigned)(s[i] - '0');
+		if (x > (lim - d) / 10)
+			return false;
+		x = x * 10 + d;
+	}
+	*v = neg ? (int64_t)(0 - x) : (int64_t)x;
+	return true;
+}
+
+/*
+ * pickle's encode_long(): the shortest little-endian two's complement
+ * bytes of checked decimal text (none for 0) into out (malloc), *nb bytes.
+ * The magnitude is built in 32-bit limbs, nine digits at a time.
+ */
+static uint8_t *decimal_long(const char *s, size_t n, size_t *nb)
+{
+	bool neg = s[0] == '-';
+	size_t nl = 0, cap = (n + 8) / 9 + 1, m = 0;
+	uint32_t *limb = malloc(cap * sizeof(*limb));
+	uint8_t *out = malloc(cap * 4 + 2);
+	if (!limb || !out) {
+		free(limb);
+		free(out);
+		return NULL;
+	}
+	for (size_t i = neg; i < n;) {
+		size_t take = (n - i) % 9 ? (n - i) % 9 : 9;
+		uint64_t mul = 1, carry = 0;
+		for (size_t k = 0; k < take; k++, i++) {
+			mul *= 10;
+			carry = carry * 10 + (uint64_t)(s[i] - '0');
+		}
+		for (size_t k = 0; k < nl; k++) {
+			uint64_t t = (uint64_t)limb[k] * mul + carry;
+			limb[k] = (uint32_t)t;
+			carry = t >> 32;
+		}
+		if (carry)
+			limb[nl++] = (uint32_t)carry;
+	}
+	for (size_t k = 0; k < nl; k++)
+		for (unsigned b = 0; b < 4; b++)
+			out[m++] = (uint8_t)(limb[k] >> (8 * b));
+	free(limb);
+	while (m && !out[m - 1])
+		m--;
+	if (neg && m) {
+		unsigned carry = 1;
+		for (size_t k = 0; k < m; k++) {
+			unsigned b = (uint8_t)~out[k] + carry;
+			out[k] = (uint8_t)b;
+			carry = b >> 8;
+		}
+		if (!(out[m - 1] & 0x80))
+			out[m++] = 0xff;
+	} else if (m && (out[m - 1] & 0x80)) {
+		out[m++] = 0;
+	}
+	*nb = m;
+	return out;
+}
+
+/* Float text that reads back exactly ('.' whatever the locale). */
+static size_t float_text(double f, char *buf, size_t cap)
+{
+	if (isnan(f))
+		return (size_t)snprintf(buf, cap, "nan");
+	if (isinf(f))
+		return (size_t)snprintf(buf, cap, f > 0 ? "inf" : "-inf");
+	for (int prec = 15; prec <= 17; prec++) {
+		snprintf(buf, cap, "%.*g", prec, f);
+		if (strtod(buf, NULL) == f)
+			break;
+	}
+	for (char *c = buf; *c; c++)
+		if (*c == ',')
+			*c = '.';
+	return strlen(buf);
+}
+
+typedef struct cand {
+	uint8_t code;
+	uint64_t len;
+} cand;
+
+/* The candidate of the original length, else the (first) shortest. */
+static const cand *pick(const cand *c, unsigned n, uint64_t orig_len)
+{
+	const cand *best = NULL;
+	for (unsigned i = 0; i < n; i++)
+		if (c[i].len == orig_len)
+			return &c[i];
+	for (unsigned i = 0; i < n; i++)
+		if (!best || c[i].len < best->len)
+			best = &c[i];
+	return best;
+}
+
+static int raw_alloc(plan *pl, uint64_t len, uint64_t off, pf_error *err)
+{
+	pl->out_len = len;
+	pl->raw = malloc((size_t)len);
+	return pl->raw ? 0 : pf_fail(err, PF_E_NOMEM, off, "out of memory");
+}
+
+/* An int in the stream's protocol: BININT* where they fit, LONG1/LONG4, INT/LONG text. */
+static int solve_int(const rp *r, plan *pl, const op *o, pf_error *err)
+{
+	const char *s = pl->e->new_text;
+	size_t n = pl->e->new_len, nb = 0;
+	int64_t v = 0;
+	bool small, i32;
+	cand c[8];
+	unsigned nc = 0;
+
+	if (!s || !decimal_ok(s, n))
+		return pf_fail(err, PF_E_FORMAT, o->off, "int value is not decimal text of at most %d digits",
+			       PF_INT_DIGITS_MAX);
+	small = decimal_i64(s, n, &v);
+	i32 = small && v >= INT32_MIN && v <= INT32_MAX;
+	uint8_t *lb = decimal_long(s, n, &nb);
+	if (!lb)
+		return pf_fail(err, PF_E_NOMEM, o->off, "out of memory");
+	if (r->proto >= 1 && small && v >= 0 && v <= 0xff)
+		c[nc++] = (cand){OP_BININT1, 2};
+	if (r->proto >= 1 && small && v >= 0 && v <= 0xffff)
+		c[nc++] = (cand){OP_BININT2, 3};
+	if (r->proto >= 1 && i32)
+		c[nc++] = (cand){OP_BININT, 5};
+	if (r->proto >= 2) {
+		if (nb < 256)
+			c[nc++] = (cand){OP_LONG1, 2 + (uint64_t)nb};
+		c[nc++] = (cand){OP_LONG4, 5 + (uint64_t)nb};
+	} else {
+		/* as pickle.py: INT within int32, LONG past it */
+		if (i32)
+			c[nc++] = (cand){OP_INT, 2 + (uint64_t)n};
+		c[nc++] = (cand){OP_LONG, 3 + (uint64_t)n};
+	}
+	const cand *k = pick(c, nc, o->end - o->off);
+	if (raw_alloc(pl, k->len, o->off, err)) {
+		free(lb);
+		return -1;
+	}
+	uint8_t *p = pl->raw;
+	p[0] = k->code;
+	switch (k->code) {
+	case OP_BININT1: case OP_BININT2: case OP_BININT:
+		for (unsigned i = 0; i + 1 < k->len; i++)
+			p[1 + i] = (uint8_t)((uint64_t)v >> (8 * i));
+		break;
+	case OP_LONG1: case OP_LONG4: {
+		unsigned w = k->code == OP_LONG1 ? 1 : 4;
+		for (unsigned i = 0; i < w; i++)
+			p[1 + i] = (uint8_t)((uint64_t)nb >> (8 * i));
+		memcpy(p + 1 + w, lb, nb);
+		break;
+	}
+	default:
+		memcpy(p + 1, s, n);
+		if (k->code == OP_LONG)
+			p[1 + n] = 'L';
+		p[k->len - 1] = '\n';
+		break;
+	}
+	free(lb);
+	return 0;
+}
+
+static int solve_scalar(const rp *r, plan *pl, const op *o, pf_error *err)
+{
+	const pf_str_edit *e = pl->e;
+	char text[48];
+	size_t n;
+
+	pl->start = o->off;
+	pl->end = o->end;
+	switch (e->vtype) {
+	case PF_V_NONE:
+		if (raw_alloc(pl, 1, o->off, err))
+			return -1;
+		pl->raw[0] = OP_NONE;
+		return 0;
+	case PF_V_BOOL:
+		if (r->proto >= 2) {
+			if (raw_alloc(pl, 1, o->off, err))
+				return -1;
+			pl->raw[0] = e->b ? OP_NEWTRUE : OP_NEWFALSE;
+			return 0;
+		}
+		if (raw_alloc(pl, 4, o->off, err))
+			return -1;
+		memcpy(pl->raw, e->b ? "I01\n" : "I00\n", 4);
+		return 0;
+	case PF_V_INT:
+		return solve_int(r, pl, o, err);
+	case PF_V_FLOAT:
+		if (r->proto >= 1) {
+			uint64_t bits;
+			memcpy(&bits, &e->f, sizeof(bits));
+			if (raw_alloc(pl, 9, o->off, err))
+				return -1;
+			pl->raw[0] = OP_BINFLOAT;
+			for (unsigned i = 0; i < 8; i++)
+				pl->raw[1 + i] = (uint8_t)(bits >> (8 * (7 - i)));
+			return 0;
+		}
+		n = float_text(e->f, text, sizeof(text));
+		if (raw_alloc(pl, n + 2, o->off, err))
+			return -1;
+		pl->raw[0] = OP_FLOAT;
+		memcpy(pl->raw + 1, text, n);
+		pl->raw[n + 1] = '\n';
+		return 0;
+	default:
+		return pf_fail(err, PF_E_FORMAT, o->off, "unknown scalar value type %u", e->vtype);
+	}
+}
+
 /* Frames the unit [start, end) crosses are merged into the one it starts in. */
 static void merge_frames(rp *r, int64_t fs, uint64_t start, uint64_t end)
 {
@@ -863,15 +1162,31 @@ static int plan_edit(rp *r, pstate *ps, uint32_t k, pf_error *err)
 
 	memset(pl, 0, sizeof(*pl));
 	pl->e = r->ord[k];
-	if (pl->e->kind == PF_EDIT_PAYLOAD) {
+	uint8_t kind = pl->e->kind;
+	bool str_value = kind == PF_EDIT_SCALAR && pl->e->vtype == PF_V_STR;
+	if (kind == PF_EDIT_PAYLOAD || kind == PF_EDIT_GLOBAL || (kind == PF_EDIT_SCALAR && !str_value)) {
+		int rc;
 		if (me->o.off < ps->last_end)
 			return pf_fail(err, PF_E_FORMAT, me->o.off, "edits overlap");
-		if (solve_payload(r, pl, &me->o, err))
+		rc = kind == PF_EDIT_PAYLOAD ? solve_payload(r, pl, &me->o, err)
+		     : kind == PF_EDIT_GLOBAL ? solve_global(pl, &me->o, err) : solve_scalar(r, pl, &me->o, err);
+		if (rc)
 			return -1;
 		ps->last_end = pl->end;
 		return 0;
 	}
-	if (pl->e->kind == PF_EDIT_STR) {
+	if (str_value && !is_str_op(me->o.code)) {
+		/* a str where another scalar was: no memo writes go with it */
+		pl->start = me->o.off;
+		pl->end = me->o.end;
+		if (pl->start < ps->last_end)
+			return pf_fail(err, PF_E_FORMAT, pl->start, "edits overlap");
+		if (solve(r, pl, err))
+			return -1;
+		ps->last_end = pl->end;
+		return 0;
+	}
+	if (kind == PF_EDIT_STR || str_value) {
 		pl->start = me->o.off;
 		pl->orig_str = me->o.code;
 	} else {
@@ -1053,6 +1368,8 @@ static int put_write(emitter *w, uint8_t code, uint64_t index, unsigned width)
 static int put_unit(const rp *r, emitter *w, const plan *pl)
 {
 	uint8_t tail = pl->tail;
+	if (pl->raw)
+		return put(w, pl->raw, pl->out_len);
 	if ((pl->mark && put(w, "(", 1)) || put_str(w, pl->str_code, pl->e))
 		return -1;
 	unsigned np = 0;
@@ -1158,6 +1475,8 @@ int pf_repickle(const uint8_t *pickle, uint64_t len, const pf_str_edit *edits, u
 		*out_len = counter.n;
 	rc = 0;
 out:
+	for (uint32_t i = 0; r.plans && i < n; i++)
+		free(r.plans[i].raw);
 	free(r.ord);
 	free(r.plans);
 	free(r.frames);

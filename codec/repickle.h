@@ -3,7 +3,8 @@
  * list the edits that `echo DEV > device` makes (DESIGN §4.2).
  *
  * pf_repickle() copies a pickle's bytes through unchanged except at the
- * edited values.  Every other opcode, the protocol and every memo index
+ * edited values (str values, device tuples, bytes payloads, global names
+ * and scalar values: pf_edit_kind).  Every other opcode, the protocol and every memo index
  * stay as they were; nothing is unpickled.  An edited value is one
  * "unit" of opcodes: the value's own opcodes plus the memo writes
  * (PUT/BINPUT/LONG_BINPUT/MEMOIZE; at most 3, in the same frame) that
@@ -44,6 +45,7 @@
 #ifndef PF_REPICKLE_H
 #define PF_REPICKLE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -99,7 +101,46 @@ typedef enum pf_edit_kind {
 	 * the stream's protocol has; the memo writes after it are not part of
 	 * the unit and stay as they are; enclosing FRAME lengths are fixed. */
 	PF_EDIT_PAYLOAD = 2,
+	/* Rename the global named by the GLOBAL, INST or STACK_GLOBAL opcode at
+	 * op_off: new_text is "module\nname" (exactly one '\n'; both parts
+	 * non-empty UTF-8 without spaces, control characters or NUL).  GLOBAL
+	 * and INST get new text operands (INST keeps its MARK and arguments).
+	 * STACK_GLOBAL's two str operands were pushed earlier and may be
+	 * memoized and shared, so they are left alone: the STACK_GLOBAL byte
+	 * becomes POP POP GLOBAL "module\nname\n" (same stack, same memo; a
+	 * memo write after it stays).  pickle.load reads GLOBAL at any
+	 * protocol.  The length changes; enclosing FRAME lengths follow. */
+	PF_EDIT_GLOBAL = 3,
+	/* Replace the scalar pushed by the opcode at op_off (NONE, NEWTRUE,
+	 * NEWFALSE, INT incl. I00/I01, BININT, BININT1, BININT2, LONG, LONG1,
+	 * LONG4, FLOAT, BINFLOAT, or a string opcode) by the value that vtype
+	 * (pf_value_type) and the fields below give.  Encoded in the stream's
+	 * own protocol: None 'N'; bool NEWTRUE/NEWFALSE (protocol >= 2) or
+	 * I01/I00; int BININT1/BININT2/BININT where they fit (protocol >= 1),
+	 * else LONG1/LONG4 (protocol >= 2) or INT/LONG text (protocol 0, 1);
+	 * float BINFLOAT (protocol >= 1) or FLOAT text (the shortest of %.15g,
+	 * %.16g, %.17g that reads back exactly; "nan", "inf", "-inf").  Among
+	 * the encodings the opcode of the same length is taken when there is
+	 * one, else the shortest; enclosing FRAME lengths follow.  A str value
+	 * at a string opcode is a PF_EDIT_STR (memo writes after it re-encoded
+	 * with it, same length preferred); a str value at another opcode uses
+	 * the same string encodings without memo writes.  Memo writes after a
+	 * non-str unit stay as they are (same index: they now memoize the new
+	 * value, and every memo reference reads it). */
+	PF_EDIT_SCALAR = 4,
 } pf_edit_kind;
+
+/* The type of a PF_EDIT_SCALAR value (0 is invalid on purpose). */
+typedef enum pf_value_type {
+	PF_V_NONE = 1,
+	PF_V_BOOL,    /* pf_str_edit.b */
+	PF_V_INT,     /* new_text: decimal "-?(0|[1-9][0-9]*)", at most PF_INT_DIGITS_MAX digits */
+	PF_V_FLOAT,   /* pf_str_edit.f (NaN and infinities included) */
+	PF_V_STR,     /* new_text: UTF-8 */
+} pf_value_type;
+
+/* Python's default int_max_str_digits: longer decimal text fails int(). */
+enum { PF_INT_DIGITS_MAX = 4300 };
 
 /* Why an edit was listed (informational; pf_repickle ignores it). */
 enum { PF_WHY_OTHER = 0, PF_WHY_LOCATION, PF_WHY_TORCH_DEVICE, PF_WHY_ATTR };
@@ -110,6 +151,9 @@ typedef struct pf_str_edit {
 	size_t new_len;
 	uint8_t kind;         /* pf_edit_kind */
 	uint8_t why;          /* PF_WHY_* */
+	uint8_t vtype;        /* PF_EDIT_SCALAR: pf_value_type; ignored otherwise */
+	bool b;               /* PF_EDIT_SCALAR, PF_V_BOOL */
+	double f;             /* PF_EDIT_SCALAR, PF_V_FLOAT */
 } pf_str_edit;
 
 /* Output callback: 0 on success; anything else stops pf_repickle, which
@@ -126,7 +170,9 @@ typedef int (*pf_sink_fn)(void *ctx, const void *p, size_t n);
  * so a failure before the first sink call leaves the sink untouched.
  * Errors: PF_E_TRUNCATED / PF_E_OPCODE for a malformed stream,
  * PF_E_FORMAT for an edit that does not sit on a fitting opcode, bad
- * framing or text that no allowed opcode can carry, PF_E_UNSUPPORTED for
+ * framing, text that no allowed opcode can carry, a global name that is
+ * not "module\nname" or a scalar value that is not well formed (unknown
+ * vtype, bad decimal text), PF_E_UNSUPPORTED for
  * tuple items that are not plain values, PF_E_NOMEM.
  */
 int pf_repickle(const uint8_t *pickle, uint64_t len, const pf_str_edit *edits, uint32_t n,

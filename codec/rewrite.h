@@ -9,7 +9,10 @@
  * (formats.md §10.1), so nothing else in the file moves: no frame, bytes
  * length, zip offset or alignment changes.  A changed zip record also gets
  * its CRC-32 patched in its data descriptor and central-directory entry
- * (and local header, where that holds one).
+ * (and local header, where that holds one).  A pickle inside a zip record of
+ * an enclosing file (a torch.save zip held as binary bytes in a protocol-4
+ * data.pkl) is left to the re-build below, which patches the CRC-32s of
+ * every enclosing record too.
  *
  * When that is not possible -- an edit changes a pickle's length, or the
  * pickle is not a plain range of the file (a protocol 0-2 _load_from_bytes
@@ -81,6 +84,7 @@ void pf_plan_free(pf_plan *p);
 /* The plan that sets every device of m to dev.  An empty plan (n == 0)
  * means nothing to change.  The plan's copy pieces refer to m->file. */
 int pf_rewrite_device(const pf_model *m, const pf_device *dev, pf_plan *out, pf_error *err);
+/* (the same as pf_rewrite with ch = {.device = dev}) */
 
 /* ---- the general rewrite: every kind of change written through the tree ---- */
 
@@ -117,6 +121,29 @@ typedef struct pf_changes {
 } pf_changes;
 
 /*
+ * How pf_rewrite places new tensor bytes: the tensor's segment is followed
+ * outwards through raw slices (a bytes value in a pickle, a stored record in
+ * a zip) to the innermost pickle span or archive that holds it:
+ *   - inside a pickle (a numpy array's binary bytes): substituted while the
+ *     pickle is copied or re-emitted, the same length; an edit of that pickle
+ *     that touches those bytes is PF_E_INVALID;
+ *   - in an archive's own bytes (a zip record: its CRC-32s follow; a legacy
+ *     raw section): spliced in when the archive is put together, which then
+ *     reaches its host pickle as a payload edit, outwards as for devices;
+ *   - in bytes decoded from latin-1 text (protocol 0-2): the decoded value
+ *     with the new bytes is encoded again and becomes a payload edit of its
+ *     str opcode (its length follows the number of bytes >= 0x80);
+ *   - in a deflated record: PF_E_UNSUPPORTED.
+ * Strided views are scattered into a copy (plan arena) of the storage range
+ * they touch, [first element, last element]; elements that two indices reach
+ * (stride 0) must get one value, else PF_E_INVALID.  Contiguous contents
+ * stay references: runs inside m->file become copy pieces, the caller's runs
+ * new-bytes pieces pointing at the caller's memory (also where a zip is
+ * re-written in torch's layout); they are read only for CRC-32s (and
+ * latin-1 text).  With every edit keeping its length the file keeps its
+ * layout: only the changed bytes and CRC-32 fields differ.
+ * plan.n_edits counts device values changed, as for pf_rewrite_device.
+ *
  * The plan that applies every change of ch to m: devices (as
  * pf_rewrite_device), the given pickle edits, and new tensor contents
  * written into their storages (contiguous tensors as one range; strided

@@ -8,11 +8,15 @@
  * (parent entry, name) in a hash map, so building is linear in the number
  * of path components.
  *
- * Cache format (msgpack, format version 1), one top-level array:
+ * Cache format (msgpack, format version 2), one top-level array:
  *
- *   [ "picklefs-index", 1,
+ *   [ "picklefs-index", 2,
  *     [dev, ino, size, mtime_sec, mtime_nsec],
- *     [ entry, ... ] ]
+ *     [ entry, ... ],
+ *     [ [index, mtime_sec, mtime_nsec], ... ] ]
+ *
+ * The last list holds the entries that have a modification time of their
+ * own (changed by a commit through the mount), in increasing index order.
  *
  * and each entry an array of 11 fields:
  *
@@ -45,7 +49,7 @@
 
 #define VIEW_MAGIC "picklefs-index"
 #define VIEW_MAGIC_LEN (sizeof(VIEW_MAGIC) - 1)
-#define VIEW_VERSION 1
+#define VIEW_VERSION 2
 #define VIEW_FIELDS 11
 #define VIEW_KEY_FIELDS 5
 #define VIEW_NAME_MAX 255
@@ -425,7 +429,7 @@ static int pack_view(msgpack_packer *pk, const pf_view *v, const pf_view_key *ke
 {
 	int r = 0;
 
-	r |= msgpack_pack_array(pk, 4);
+	r |= msgpack_pack_array(pk, 5);
 	r |= msgpack_pack_str_with_body(pk, VIEW_MAGIC, VIEW_MAGIC_LEN);
 	r |= msgpack_pack_uint32(pk, VIEW_VERSION);
 	r |= msgpack_pack_array(pk, VIEW_KEY_FIELDS);
@@ -437,6 +441,17 @@ static int pack_view(msgpack_packer *pk, const pf_view *v, const pf_view_key *ke
 	r |= msgpack_pack_array(pk, v->n);
 	for (uint32_t i = 0; r == 0 && i < v->n; i++)
 		r |= pack_entry(pk, &v->e[i]);
+	uint32_t n_own = 0;
+	for (uint32_t i = 0; i < v->n; i++)
+		n_own += v->e[i].has_mtime;
+	r |= msgpack_pack_array(pk, n_own);
+	for (uint32_t i = 0; r == 0 && i < v->n; i++)
+		if (v->e[i].has_mtime) {
+			r |= msgpack_pack_array(pk, 3);
+			r |= msgpack_pack_uint32(pk, i);
+			r |= msgpack_pack_int64(pk, v->e[i].mtime_sec);
+			r |= msgpack_pack_int64(pk, v->e[i].mtime_nsec);
+		}
 	return r ? -1 : 0;
 }
 
@@ -786,10 +801,31 @@ static int check_key(const msgpack_object *o, const pf_view_key *key, pf_error *
 	return 0;
 }
 
+/* The entries' own modification times: [index, sec, nsec], indices increasing. */
+static int decode_mtimes(pf_view *v, const msgpack_object *o, pf_error *err)
+{
+	if (o->type != MSGPACK_OBJECT_ARRAY)
+		return pf_fail(err, PF_E_FORMAT, 0, "index: malformed mtime list");
+	int64_t last = -1;
+	for (uint32_t k = 0; k < o->via.array.size; k++) {
+		const msgpack_object *f = array_of(&o->via.array.ptr[k], 3);
+		uint32_t i;
+		int64_t sec, nsec;
+		if (!f || !get_u32(&f[0], &i) || !get_i64(&f[1], &sec) || !get_i64(&f[2], &nsec) ||
+		    (int64_t)i <= last || i >= v->n || nsec < 0 || nsec >= 1000000000)
+			return pf_fail(err, PF_E_FORMAT, 0, "index: bad mtime %u", (unsigned)k);
+		v->e[i].has_mtime = true;
+		v->e[i].mtime_sec = sec;
+		v->e[i].mtime_nsec = nsec;
+		last = i;
+	}
+	return 0;
+}
+
 static int decode_root(const msgpack_object *root, size_t len, const pf_view_key *key, pf_view *v,
 		       pf_error *err)
 {
-	const msgpack_object *top = array_of(root, 4), *ents;
+	const msgpack_object *top = array_of(root, 5), *ents;
 	const char *magic;
 	size_t magic_len;
 	uint64_t version;
@@ -817,7 +853,7 @@ static int decode_root(const msgpack_object *root, size_t len, const pf_view_key
 	for (uint32_t i = 0; rc == 0 && i < n; i++)
 		rc = decode_entry(v, &ix, i, &ents[i], key, err);
 	index_free(&ix);
-	return rc;
+	return rc ? rc : decode_mtimes(v, &top[4], err);
 }
 
 int pf_view_decode(const uint8_t *buf, size_t len, const pf_view_key *key, pf_view *v,

@@ -50,6 +50,10 @@ typedef struct pf_ventry {
 	bool needs_model;       /* data must be decoded through the model (pf_tensor_read) */
 	/* PF_VE_META / DEVICE / GLOBALS */
 	const char *text;       /* size bytes */
+	/* a modification time of its own (its bytes changed in a commit through
+	 * the mount), else the model file's */
+	bool has_mtime;
+	int64_t mtime_sec, mtime_nsec;
 } pf_ventry;
 
 typedef struct pf_view {

@@ -40,6 +40,9 @@ static void usage(FILE *to)
 		"picklefs options:\n"
 		"    -o cache=DIR           index cache (default $XDG_CACHE_HOME/picklefs)\n"
 		"    -o ro                  read-only mount\n"
+		"    -o commit_delay=MS     commit a renamed-over or mmap-written file MS ms after\n"
+		"                           the last change (default 500); a closed or fsynced\n"
+		"                           file is committed at once\n"
 		"\n");
 }
 
@@ -92,6 +95,7 @@ typedef struct mount_opts {
 	const char *mountpoint; /* as given; fuse_parse_cmdline takes it later */
 	char *cache;
 	int ro;
+	int commit_delay;
 	int n_positional;
 } mount_opts;
 
@@ -99,6 +103,7 @@ enum { KEY_RO };
 
 static const struct fuse_opt picklefs_opts[] = {
 	{"cache=%s", offsetof(mount_opts, cache), 0},
+	{"commit_delay=%d", offsetof(mount_opts, commit_delay), 0},
 	FUSE_OPT_KEY("ro", KEY_RO),
 	FUSE_OPT_END,
 };
@@ -137,7 +142,7 @@ static int mount_main(int argc, char **argv)
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct fuse_cmdline_opts opts = {0};
-	mount_opts mo = {0};
+	mount_opts mo = {.commit_delay = 500};
 	struct fuse_session *se = NULL;
 	pfs *fs = NULL;
 	int rc = 1;
@@ -186,8 +191,12 @@ static int mount_main(int argc, char **argv)
 	}
 	pfs_config cfg = {
 		.source = mo.source, .cache_dir = mo.cache ? mo.cache : (mo.cache = default_cache_dir()),
-		.ro = mo.ro, .foreground = opts.foreground,
+		.ro = mo.ro, .foreground = opts.foreground, .commit_delay_ms = mo.commit_delay,
 	};
+	if (mo.commit_delay < 0) {
+		fprintf(stderr, "picklefs: commit_delay must be 0 or more milliseconds\n");
+		goto out;
+	}
 	fs = pfs_new(&cfg);
 	if (!fs) {
 		fprintf(stderr, "picklefs: %s: %s\n", mo.source, strerror(errno));

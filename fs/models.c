@@ -1,5 +1,7 @@
 #include "models.h"
 
+#include "edits.h"
+#include "npy.h"
 #include "repickle.h"
 #include "rewrite.h"
 
@@ -124,7 +126,7 @@ static int mkdirs(const char *dir)
 }
 
 /* Write the entry beside its final name and rename it over: never half an entry. */
-static void cache_store(const pfs_model *ms, const char *dir)
+void pfs_model_store_cache(const pfs_model *ms, const char *dir)
 {
 	uint8_t *buf;
 	size_t len;
@@ -239,7 +241,7 @@ pfs_model *pfs_model_load(int dirfd, const char *name, const char *cache_dir, pf
 		if (rc || pf_view_build(&ms->model, &ms->tree, &ms->view, err))
 			goto fail;
 		if (cache_dir)
-			cache_store(ms, cache_dir);
+			pfs_model_store_cache(ms, cache_dir);
 		release_unneeded_parse(ms);
 	}
 	if (index_children(ms)) {
@@ -468,27 +470,387 @@ static int commit_plan(pfs_model *ms, int dirfd, const char *rel, const pf_plan 
 	return rc;
 }
 
-int pfs_model_set_device(pfs_model *ms, int dirfd, const char *rel, const char *text, size_t len, pf_error *why)
+/* ---- working copies of entries ------------------------------------------ */
+
+typedef struct entry_base {
+	pfs_model *ms;
+	uint32_t entry;
+} entry_base;
+
+static int base_read(void *ctx, uint64_t off, void *buf, size_t n)
 {
-	pf_device dev;
+	entry_base *b = ctx;
+	ssize_t r = pfs_model_read(b->ms, b->entry, off, buf, n);
+	return r < 0 ? (int)r : (size_t)r == n ? 0 : -EIO;
+}
+
+/* Texts and headers are memory; tensor data is, once the model is mapped. */
+static const uint8_t *base_mem(void *ctx, uint64_t off, uint64_t *n)
+{
+	entry_base *b = ctx;
+	const pf_ventry *e = &b->ms->view.e[b->entry];
+	if (e->kind != PF_VE_TENSOR) {
+		*n = off < e->size ? e->size - off : 0;
+		return *n ? (const uint8_t *)e->text + off : NULL;
+	}
+	if (off < e->header_len) {
+		*n = e->header_len - off;
+		return e->header + off;
+	}
+	/* the mapping exists while the model is parsed: during a commit */
+	if (e->needs_model || !b->ms->parsed || e->data_off < 0 || off - e->header_len >= e->data_len) {
+		*n = 0;
+		return NULL;
+	}
+	*n = e->data_len - (off - e->header_len);
+	return b->ms->mf.data + e->data_off + (off - e->header_len);
+}
+
+static void base_release(void *ctx)
+{
+	entry_base *b = ctx;
+	pfs_model_unref(b->ms);
+	free(b);
+}
+
+/* The folder of rel in dirfd, where spool and temporary files go. */
+static int folder_of(int dirfd, const char *rel)
+{
+	const char *slash = strrchr(rel, '/');
+	if (!slash)
+		return openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	char *dir = strndup(rel, (size_t)(slash - rel));
+	int fd = dir ? openat(dirfd, dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+	free(dir);
+	return fd;
+}
+
+pfs_wcopy *pfs_model_wcopy(pfs_model *ms, uint32_t entry, int dirfd, const char *rel, bool empty)
+{
+	int folder = folder_of(dirfd, rel);
+	pfs_wcopy *w = NULL;
+	if (folder < 0)
+		return NULL;
+	if (empty || !ms) {
+		w = pfs_wcopy_new(folder, 0, NULL, NULL, NULL, NULL);
+	} else {
+		entry_base *b = malloc(sizeof(*b));
+		if (b) {
+			pfs_model_ref(ms);
+			*b = (entry_base){ms, entry};
+			w = pfs_wcopy_new(folder, ms->view.e[entry].size, base_read, base_mem, b, base_release);
+			if (!w)
+				base_release(b);
+		}
+	}
+	int saved = errno;
+	close(folder);
+	errno = saved;
+	return w;
+}
+
+static int wcopy_base_read(void *ctx, uint64_t off, void *buf, size_t n)
+{
+	ssize_t r = pfs_wcopy_read(ctx, buf, n, off);
+	return r < 0 ? (int)r : (size_t)r == n ? 0 : -EIO;
+}
+
+static void wcopy_base_release(void *ctx)
+{
+	pfs_wcopy_unref(ctx);
+}
+
+pfs_wcopy *pfs_wcopy_fork(pfs_wcopy *old, int dirfd, const char *rel)
+{
+	int folder = folder_of(dirfd, rel);
+	if (folder < 0)
+		return NULL;
+	pfs_wcopy_ref(old);
+	pfs_wcopy *w = pfs_wcopy_new(folder, old->size, wcopy_base_read, NULL, old, wcopy_base_release);
+	if (!w)
+		pfs_wcopy_unref(old);
+	close(folder);
+	return w;
+}
+
+/* ---- checking what was written ------------------------------------------- */
+
+/* The whole of a written text, NUL-terminated (malloc); NULL with *rc set. */
+static char *read_text(pfs_wcopy *wc, uint64_t max, int *rc)
+{
+	if (wc->size > max) {
+		*rc = -EINVAL;
+		return NULL;
+	}
+	char *t = malloc((size_t)wc->size + 1);
+	if (!t) {
+		*rc = -ENOMEM;
+		return NULL;
+	}
+	ssize_t r = pfs_wcopy_read(wc, t, (size_t)wc->size, 0);
+	if (r < 0 || (uint64_t)r != wc->size) {
+		*rc = r < 0 ? (int)r : -EIO;
+		free(t);
+		return NULL;
+	}
+	t[wc->size] = '\0';
+	return t;
+}
+
+/* numpy writes '<' or '=' for little-endian, '|' for one-byte kinds: all the same here */
+static bool same_descr(const char *a, const char *b)
+{
+	if ((a[0] == '<' || a[0] == '=' || a[0] == '|') && (b[0] == '<' || b[0] == '=' || b[0] == '|'))
+		return strcmp(a + 1, b + 1) == 0;
+	return strcmp(a, b) == 0;
+}
+
+static const char *shape_text(const pf_npy_info *h, char *buf, size_t cap)
+{
+	size_t n = (size_t)snprintf(buf, cap, "(");
+	for (unsigned d = 0; d < h->ndim && n < cap; d++)
+		n += (size_t)snprintf(buf + n, cap - n, d ? ", %lld" : "%lld", (long long)h->shape[d]);
+	if (n < cap)
+		snprintf(buf + n, cap - n, h->ndim == 1 ? ",)" : ")");
+	return buf;
+}
+
+/* Where a written .npy's data starts, once it matches the tensor's dtype and shape. */
+static int check_npy(const pf_ventry *e, pfs_wcopy *wc, uint64_t *data_off, pf_error *why)
+{
+	uint8_t head[1 << 16];
+	pf_npy_info want, got;
+	pf_error perr = {0};
+	size_t n = wc->size < sizeof(head) ? (size_t)wc->size : sizeof(head);
+	ssize_t r = pfs_wcopy_read(wc, head, n, 0);
+	if (r < 0)
+		return (int)r;
+	if (pf_npy_parse(e->header, e->header_len, &want, &perr))
+		return -EIO;
+	if (pf_npy_parse(head, (size_t)r, &got, why)) {
+		why->code = PF_E_INVALID;
+		return -EINVAL;
+	}
+	bool same = same_descr(want.descr, got.descr) && want.fortran == got.fortran && want.ndim == got.ndim;
+	for (unsigned d = 0; same && d < want.ndim; d++)
+		same = want.shape[d] == got.shape[d];
+	if (!same) {
+		char gs[64], ws[64];
+		pf_fail(why, PF_E_INVALID, 0, "the new .npy is %s %s%s, the tensor %s %s%s", got.descr,
+			shape_text(&got, gs, sizeof(gs)), got.fortran ? " (Fortran order)" : "", want.descr,
+			shape_text(&want, ws, sizeof(ws)), want.fortran ? " (Fortran order)" : "");
+		return -EINVAL;
+	}
+	if (got.data_off > wc->size || wc->size - got.data_off != e->data_len) {
+		pf_fail(why, PF_E_INVALID, got.data_off, "the new .npy holds %llu data bytes, the tensor %llu",
+			(unsigned long long)(wc->size - (got.data_off < wc->size ? got.data_off : wc->size)),
+			(unsigned long long)e->data_len);
+		return -EINVAL;
+	}
+	*data_off = got.data_off;
+	return 0;
+}
+
+/* Text files are small; anything this much larger than meta.json was is not an edit of it. */
+static uint64_t text_max(const pf_ventry *e)
+{
+	return e->size * 4 + (1u << 20);
+}
+
+int pfs_model_check(pfs_model *ms, uint32_t entry, pfs_wcopy *wc, pf_error *why)
+{
+	const pf_ventry *e = &ms->view.e[entry];
+	int rc = 0;
+	uint64_t data_off;
+	char *text;
+
+	switch (e->kind) {
+	case PF_VE_TENSOR:
+		return check_npy(e, wc, &data_off, why);
+	case PF_VE_DEVICE:
+		if (!(text = read_text(wc, 64, &rc))) {
+			if (rc == -EINVAL)
+				pf_fail(why, PF_E_INVALID, 0, "not a device");
+			return rc;
+		}
+		rc = pf_device_parse(text, (size_t)wc->size, NULL) ? -EINVAL : 0;
+		if (rc)
+			pf_fail(why, PF_E_INVALID, 0, "not a device: cpu, cuda[:N], mps[:N], xpu[:N] or meta");
+		free(text);
+		return rc;
+	case PF_VE_GLOBALS:
+	case PF_VE_META: {
+		pfs_changes_set cs;
+		pfs_changes_init(&cs);
+		rc = pfs_model_changes(ms, &(pfs_change){entry, wc}, 1, &cs, why);
+		pfs_changes_free(&cs);
+		return rc;
+	}
+	default:
+		return -EISDIR;
+	}
+}
+
+/* ---- the changes of a commit as the codec takes them ------------------------ */
+
+void pfs_changes_init(pfs_changes_set *cs)
+{
+	memset(cs, 0, sizeof(*cs));
+	pf_arena_init(&cs->arena);
+}
+
+void pfs_changes_free(pfs_changes_set *cs)
+{
+	for (uint32_t i = 0; i < cs->n_texts; i++)
+		free(cs->texts[i]);
+	free(cs->texts);
+	free(cs->edits);
+	free(cs->data);
+	free(cs->runs);
+	pf_arena_free(&cs->arena);
+	memset(cs, 0, sizeof(*cs));
+}
+
+static int grow(void **v, uint32_t *cap, uint32_t need, size_t size)
+{
+	if (need <= *cap)
+		return 0;
+	uint32_t c = *cap ? *cap : 8;
+	while (c < need)
+		c *= 2;
+	void *p = realloc(*v, (size_t)c * size);
+	if (!p)
+		return -ENOMEM;
+	*v = p;
+	*cap = c;
+	return 0;
+}
+
+static int keep_text(pfs_changes_set *cs, char *t)
+{
+	if (grow((void **)&cs->texts, &cs->cap_texts, cs->n_texts + 1, sizeof(*cs->texts))) {
+		free(t);
+		return -ENOMEM;
+	}
+	cs->texts[cs->n_texts++] = t;
+	return 0;
+}
+
+static int add_edits(pfs_changes_set *cs, const pf_span_edit *v, uint32_t n)
+{
+	if (grow((void **)&cs->edits, &cs->cap_edits, cs->n_edits + n, sizeof(*cs->edits)))
+		return -ENOMEM;
+	memcpy(cs->edits + cs->n_edits, v, (size_t)n * sizeof(*v));
+	cs->n_edits += n;
+	return 0;
+}
+
+static int add_run(void *ctx, const uint8_t *p, uint64_t len)
+{
+	pfs_changes_set *cs = ctx;
+	if (grow((void **)&cs->runs, &cs->cap_runs, cs->n_runs + 1, sizeof(*cs->runs)))
+		return -ENOMEM;
+	cs->runs[cs->n_runs++] = (pf_bytes_run){p, len};
+	return 0;
+}
+
+/* The parsed tensor a view entry shows (the view may come from the cache). */
+static int tensor_of_entry(pfs_model *ms, uint32_t entry, uint32_t *tensor)
+{
+	const pf_ventry *first = &ms->view.e[ms->view.e[entry].link];
+	uint32_t f;
+	if (!pf_hashmap_get(&ms->path_tensor, pf_hash_bytes(first->path, strlen(first->path), 7), &f) ||
+	    strcmp(ms->tree.files[f].path, first->path) != 0)
+		return -EIO;
+	*tensor = ms->tree.files[f].tensor;
+	return ms->model.tensors[*tensor].nbytes == first->data_len ? 0 : -EIO;
+}
+
+static int tensor_change(pfs_model *ms, const pfs_change *c, pfs_changes_set *cs, pf_error *why)
+{
+	const pf_ventry *e = &ms->view.e[c->entry];
+	uint64_t data_off;
+	uint32_t tensor, first = cs->n_runs;
+	int rc = check_npy(e, c->wc, &data_off, why);
+	if (!rc)
+		rc = tensor_of_entry(ms, c->entry, &tensor);
+	if (!rc)
+		rc = pfs_wcopy_runs(c->wc, data_off, e->data_len, add_run, cs);
+	if (!rc && grow((void **)&cs->data, &cs->cap_data, cs->n_data + 1, sizeof(*cs->data)))
+		rc = -ENOMEM;
+	if (rc)
+		return rc;
+	/* runs may still move (realloc): pointed to once all are in */
+	cs->data[cs->n_data++] = (pf_tensor_data){.tensor = tensor, .runs = NULL, .n_runs = cs->n_runs - first};
+	cs->data[cs->n_data - 1].runs = (const pf_bytes_run *)(uintptr_t)first;
+	return 0;
+}
+
+static int text_change(pfs_model *ms, const pfs_change *c, pfs_changes_set *cs, pf_error *why)
+{
+	const pf_ventry *e = &ms->view.e[c->entry];
+	int rc = 0;
+	char *text = read_text(c->wc, text_max(e), &rc);
+	pf_span_edit *v = NULL;
+	uint32_t n = 0;
+	if (!text) {
+		if (rc == -EINVAL)
+			pf_fail(why, PF_E_INVALID, 0, "%s: far larger than it was", e->name);
+		return rc;
+	}
+	if ((rc = keep_text(cs, text)))
+		return rc;
+	if (e->kind == PF_VE_DEVICE) {
+		if (pf_device_parse(text, (size_t)c->wc->size, &cs->dev))
+			return pf_fail(why, PF_E_INVALID, 0, "not a device"), -EINVAL;
+		cs->ch.device = &cs->dev;
+		return 0;
+	}
+	if (e->kind == PF_VE_GLOBALS)
+		rc = pf_globals_edits(&ms->model, text, (size_t)c->wc->size, &v, &n, &cs->arena, why);
+	else
+		rc = pf_meta_edits(&ms->model, &ms->tree, text, (size_t)c->wc->size, &v, &n, &cs->arena, why);
+	if (rc)
+		return -pfs_errno_of(why);
+	return add_edits(cs, v, n);
+}
+
+int pfs_model_changes(pfs_model *ms, const pfs_change *c, uint32_t n, pfs_changes_set *cs, pf_error *why)
+{
+	int rc;
+	pthread_mutex_lock(&ms->lock);
+	rc = ensure_parsed(ms, why) ? -pfs_errno_of(why) : 0;
+	pthread_mutex_unlock(&ms->lock);
+	for (uint32_t i = 0; !rc && i < n; i++)
+		rc = ms->view.e[c[i].entry].kind == PF_VE_TENSOR ? tensor_change(ms, &c[i], cs, why)
+								  : text_change(ms, &c[i], cs, why);
+	if (rc)
+		return rc;
+	for (uint32_t i = 0; i < cs->n_data; i++)
+		cs->data[i].runs = cs->runs + (uintptr_t)cs->data[i].runs;
+	cs->ch.edits = cs->edits;
+	cs->ch.n_edits = cs->n_edits;
+	cs->ch.data = cs->data;
+	cs->ch.n_data = cs->n_data;
+	return 0;
+}
+
+int pfs_model_commit(pfs_model *ms, int dirfd, const char *rel, const pfs_change *c, uint32_t n, pf_error *why)
+{
+	pfs_changes_set cs;
 	pf_plan pl;
 	int rc;
 
-	if (pf_device_parse(text, len, &dev))
-		return -EINVAL;
 	if (!unchanged(ms, dirfd, rel))
 		return -ESTALE;
-	pthread_mutex_lock(&ms->lock);
-	rc = ensure_parsed(ms, why);
+	pfs_changes_init(&cs);
 	pf_plan_init(&pl);
-	if (!rc)
-		rc = pf_rewrite_device(&ms->model, &dev, &pl, why);
-	pthread_mutex_unlock(&ms->lock);
-	if (rc) {
-		pf_plan_free(&pl);
-		return -pfs_errno_of(why);
-	}
-	rc = pl.n ? commit_plan(ms, dirfd, rel, &pl) : 0;
+	rc = pfs_model_changes(ms, c, n, &cs, why);
+	if (!rc && pf_rewrite(&ms->model, &cs.ch, &pl, why))
+		rc = -pfs_errno_of(why);
+	if (!rc && pl.n)
+		rc = commit_plan(ms, dirfd, rel, &pl);
 	pf_plan_free(&pl);
+	pfs_changes_free(&cs);
 	return rc;
 }

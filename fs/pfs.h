@@ -19,6 +19,7 @@ typedef struct pfs_config {
 	const char *cache_dir;  /* index cache folder, or NULL for none */
 	bool ro;                /* -o ro */
 	bool foreground;        /* log to stderr instead of syslog */
+	int commit_delay_ms;    /* -o commit_delay: debounce of timer commits */
 } pfs_config;
 
 typedef struct pfs pfs;

@@ -12,6 +12,7 @@
  */
 #include <check.h>
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -656,6 +657,273 @@ START_TEST(device_edits_bad_range)
 }
 END_TEST
 
+/* ---- global renames and scalar values: hand-written cases --------------------- */
+
+#define EG(o, t) {.op_off = (o), .new_text = (t), .new_len = sizeof(t) - 1, .kind = PF_EDIT_GLOBAL}
+#define EI(o, t) {.op_off = (o), .new_text = (t), .new_len = sizeof(t) - 1, .kind = PF_EDIT_SCALAR, .vtype = PF_V_INT}
+#define ES(o, t) {.op_off = (o), .new_text = (t), .new_len = sizeof(t) - 1, .kind = PF_EDIT_SCALAR, .vtype = PF_V_STR}
+#define EF(o, x) {.op_off = (o), .kind = PF_EDIT_SCALAR, .vtype = PF_V_FLOAT, .f = (x)}
+#define EB(o, x) {.op_off = (o), .kind = PF_EDIT_SCALAR, .vtype = PF_V_BOOL, .b = (x)}
+#define EN(o) {.op_off = (o), .kind = PF_EDIT_SCALAR, .vtype = PF_V_NONE}
+
+typedef struct vcase {
+	const char *name;
+	const uint8_t *in;
+	size_t in_len;
+	pf_str_edit e;
+	const uint8_t *want;
+	size_t want_len;
+	const char *value;  /* Python expression of the value the output holds */
+} vcase;
+
+/* two STACK_GLOBALs share the memoized 'builtins' (BINGET 0): only the first is renamed */
+#define SG_PAIR(fr, g1) "\x80\x04" F8(fr) "\x8c\x08" "builtins\x94\x8c\x03" "set\x94" g1 "\x94)\x85\x94R\x94h\x00\x8c\x04" \
+	"list\x94\x93\x94)\x85\x94R\x94\x86\x94."
+
+static const vcase vcases[] = {
+	{"GLOBAL p2", S("\x80\x02" "c__builtin__\nset\nq\x00]q\x01\x85q\x02Rq\x03."), EG(2, "builtins\nfrozenset"),
+	 S("\x80\x02" "cbuiltins\nfrozenset\nq\x00]q\x01\x85q\x02Rq\x03."), "frozenset()"},
+	{"STACK_GLOBAL p4 framed", S(SG_PAIR("\x2b", "\x93")), EG(28, "builtins\nfrozenset"),
+	 S(SG_PAIR("\x40", "00cbuiltins\nfrozenset\n")), "(frozenset(), [])"},
+	{"STACK_GLOBAL second", S(SG_PAIR("\x2b", "\x93")), EG(44, "builtins\ntuple"),
+	 S("\x80\x04" F8("\x3c") "\x8c\x08" "builtins\x94\x8c\x03" "set\x94\x93\x94)\x85\x94R\x94h\x00\x8c\x04"
+	   "list\x94" "00cbuiltins\ntuple\n\x94)\x85\x94R\x94\x86\x94."), "(set(), ())"},
+	{"INST p0", S("(S'ab'\np0\ni__builtin__\nlist\np1\n."), EG(10, "builtins\ntuple"),
+	 S("(S'ab'\np0\nibuiltins\ntuple\np1\n."), "('a', 'b')"},
+	{"None->int p2", S("\x80\x02N."), EI(2, "5"), S("\x80\x02K\x05."), "5"},
+	{"int grow LONG1", S("\x80\x02K\x05."), EI(2, "1000000000000000000000000000000"),
+	 S("\x80\x02\x8a\x0d\x00\x00\x00@\xea\xedtF\xd0\x9c,\x9f\x0c."), "10**30"},
+	{"BININT same length", S("\x80\x02J\xa0\x86\x01\x00."), EI(2, "7"), S("\x80\x02J\x07\x00\x00\x00."), "7"},
+	{"negative", S("\x80\x02K\x05."), EI(2, "-1"), S("\x80\x02\x8a\x01\xff."), "-1"},
+	{"big negative", S("\x80\x02N."), EI(2, "-1180591620717411303424"),
+	 S("\x80\x02\x8a\x09\0\0\0\0\0\0\0\0\xc0."), "-(2**70)"},
+	{"LONG1 -> K", S("\x80\x02\x8a\x09\0\0\0\0\0\0\0\0@."), EI(2, "3"), S("\x80\x02K\x03."), "3"},
+	{"LONG1 -> LONG1 same", S("\x80\x02\x8a\x02\xff\x7f."), EI(2, "-32768"), S("\x80\x02\x8a\x02\x00\x80."),
+	 "-32768"},
+	{"bool p2", S("\x80\x02\x88."), EB(2, false), S("\x80\x02\x89."), "False"},
+	{"bool p0", S("I01\n."), EB(0, false), S("I00\n."), "False"},
+	{"int p0", S("I5\n."), EI(0, "123"), S("I123\n."), "123"},
+	{"long p0", S("I5\n."), EI(0, "1099511627776"), S("L1099511627776L\n."), "2**40"},
+	{"LONG text -> small p0", S("L12345678901234567890L\n."), EI(0, "-5"), S("I-5\n."), "-5"},
+	{"bool -> int p0", S("(I01\nl."), EI(1, "1"), S("(L1L\nl."), "[1]"},
+	{"float p0", S("F0.5\n."), EF(0, 0.001), S("F0.001\n."), "0.001"},
+	{"float p0 round trip", S("F0.5\n."), EF(0, 0.1 + 0.2), S("F0.30000000000000004\n."), "0.1 + 0.2"},
+	{"float inf p0", S("F0.5\n."), EF(0, -HUGE_VAL), S("F-inf\n."), "float('-inf')"},
+	{"float p2 same", S("\x80\x02G\x3f\xe0\0\0\0\0\0\0."), EF(2, 0.25), S("\x80\x02G\x3f\xd0\0\0\0\0\0\0."), "0.25"},
+	{"int->float p1", S("]q\x00(K\x01K\x02" "e."), EF(6, 2.5), S("]q\x00(K\x01G\x40\x04\0\0\0\0\0\0" "e."),
+	 "[1, 2.5]"},
+	{"None p1", S("]q\x00(K\x01K\x02" "e."), EN(4), S("]q\x00(NK\x02" "e."), "[None, 2]"},
+	{"bool p1", S("]q\x00(K\x01K\x02" "e."), EB(4, true), S("]q\x00(I01\nK\x02" "e."), "[True, 2]"},
+	{"str->int keeps memo", S("\x80\x02X\x03\0\0\0abcq\x00h\x00\x86."), EI(2, "7"), S("\x80\x02K\x07q\x00h\x00\x86."),
+	 "(7, 7)"},
+	{"str->None MEMOIZE", S("\x80\x04\x8c\x03" "abc\x94h\x00\x86\x94."), EN(2), S("\x80\x04N\x94h\x00\x86\x94."),
+	 "(None, None)"},
+	{"int->str p4", S("\x80\x04K\x05."), ES(2, "hello"), S("\x80\x04\x8c\x05hello."), "'hello'"},
+	{"int->str p0", S("I5\n."), ES(0, "hi"), S("Vhi\n."), "'hi'"},
+	{"str->str p4", S("\x80\x04\x8c\x06" "cuda:0\x94."), ES(2, "cpu"), S("\x80\x04X\x03\0\0\0cpu\x94."), "'cpu'"},
+	{"framed grow", S("\x80\x04" F8("\x09") "]\x94(K\x01K\x02" "e."), EI(16, "100000000000000000000"),
+	 S("\x80\x04" F8("\x12") "]\x94(K\x01\x8a\x09\x00\x00\x10" "c-^\xc7k\x05" "e."), "[1, 10**20]"},
+	{"framed shrink", S("\x80\x04" F8("\x10") "]\x94(K\x01G\x40\x04\0\0\0\0\0\0" "e."), EN(16),
+	 S("\x80\x04" F8("\x08") "]\x94(K\x01N" "e."), "[1, None]"},
+};
+
+#define NVCASES (sizeof(vcases) / sizeof(vcases[0]))
+
+START_TEST(value_hand_cases)
+{
+	size_t cap = 1 << 16, k = 0;
+	char *code = malloc(cap);
+	k += (size_t)snprintf(code + k, cap - k, "%s", PY_CHECK_FRAMES "bad = []\n");
+	for (unsigned i = 0; i < NVCASES; i++) {
+		const vcase *c = &vcases[i];
+		buf out;
+		pf_error err;
+		char got[512], want[512];
+		ck_assert_msg(rewrite(c->in, c->in_len, &c->e, 1, &out, &err) == 0, "%s: %s at %llu", c->name, err.msg,
+			      (unsigned long long)err.offset);
+		hex_dump(got, sizeof(got), out.p, out.n);
+		hex_dump(want, sizeof(want), c->want, c->want_len);
+		ck_assert_msg(out.n == c->want_len && memcmp(out.p, c->want, out.n) == 0, "%s:\n got  %s\n want %s",
+			      c->name, got, want);
+		k += (size_t)snprintf(code + k, cap - k,
+				      "a, c, nf = check(bytes.fromhex('%s'))\n"
+				      "w = %s\n"
+				      "if not (a == c == w and type(a) is type(c) is type(w)): bad.append(('%s', a, c))\n",
+				      got, c->value, c->name);
+		free(out.p);
+		/* every prefix of the input fails cleanly */
+		for (size_t l = 0; l < c->in_len; l++) {
+			pf_error e2;
+			ck_assert_msg(try_one(c->in, l, &c->e, 1, &e2) != 0, "%s: prefix %zu accepted", c->name, l);
+		}
+	}
+	k += (size_t)snprintf(code + k, cap - k, "print(repr(bad) if bad else 'ok', end='')\n");
+	ck_assert_uint_lt(k, cap - 1);
+	size_t n;
+	uint8_t *res = pf_test_python(code, tmpdir, &n);
+	ck_assert_msg(n == 2 && memcmp(res, "ok", 2) == 0, "python: %.*s", (int)n, (const char *)res);
+	free(res);
+	free(code);
+}
+END_TEST
+
+START_TEST(value_bad_edits)
+{
+	static const uint8_t p2[] = "\x80\x02" "c__builtin__\nset\nq\x00]q\x01\x85q\x02Rq\x03.";
+	static const uint8_t p1[] = "]q\x00(K\x01K\x02" "e.";
+	static const char *const bad_names[] = {"builtins", "builtins\n", "\nset", "a b\nset", "a\nb\nc", "a\tb\nc",
+						"a\nb c", "\xff\nset", "a\x7f\nb", ""};
+	pf_error err;
+	/* a global rename of something else, a scalar at a global */
+	pf_str_edit e = EG(20, "builtins\nset");
+	ck_assert_int_ne(try_one(p2, sizeof(p2) - 1, &e, 1, &err), 0);
+	ck_assert_int_eq(err.code, PF_E_FORMAT);
+	e = (pf_str_edit)EI(2, "1");
+	ck_assert_int_ne(try_one(p2, sizeof(p2) - 1, &e, 1, &err), 0);
+	ck_assert_int_eq(err.code, PF_E_FORMAT);
+	for (unsigned i = 0; i < sizeof(bad_names) / sizeof(bad_names[0]); i++) {
+		e = (pf_str_edit){.op_off = 2, .new_text = bad_names[i], .new_len = strlen(bad_names[i]),
+				  .kind = PF_EDIT_GLOBAL};
+		ck_assert_msg(try_one(p2, sizeof(p2) - 1, &e, 1, &err) != 0, "accepted '%s'", bad_names[i]);
+		ck_assert_int_eq(err.code, PF_E_FORMAT);
+	}
+	/* ints that are not canonical decimal text; an unknown value type */
+	static const char *const bad_ints[] = {"", "-", "01", "-0", "+1", "1a", " 1", "1.0", "--1", "-01"};
+	for (unsigned i = 0; i < sizeof(bad_ints) / sizeof(bad_ints[0]); i++) {
+		e = (pf_str_edit){.op_off = 4, .new_text = bad_ints[i], .new_len = strlen(bad_ints[i]),
+				  .kind = PF_EDIT_SCALAR, .vtype = PF_V_INT};
+		ck_assert_msg(try_one(p1, sizeof(p1) - 1, &e, 1, &err) != 0, "accepted '%s'", bad_ints[i]);
+		ck_assert_int_eq(err.code, PF_E_FORMAT);
+	}
+	char *digits = malloc(PF_INT_DIGITS_MAX + 2);
+	memset(digits, '9', PF_INT_DIGITS_MAX + 1);
+	e = (pf_str_edit){.op_off = 4, .new_text = digits, .new_len = PF_INT_DIGITS_MAX + 1, .kind = PF_EDIT_SCALAR,
+			  .vtype = PF_V_INT};
+	ck_assert_int_ne(try_one(p1, sizeof(p1) - 1, &e, 1, &err), 0);
+	e.new_len = PF_INT_DIGITS_MAX;
+	ck_assert_int_eq(try_one(p1, sizeof(p1) - 1, &e, 1, &err), 0);
+	free(digits);
+	e = (pf_str_edit){.op_off = 4, .kind = PF_EDIT_SCALAR};
+	ck_assert_int_ne(try_one(p1, sizeof(p1) - 1, &e, 1, &err), 0);
+	ck_assert_int_eq(err.code, PF_E_FORMAT);
+	/* a scalar at MARK, a str that is not UTF-8, overlapping with a tuple edit */
+	e = (pf_str_edit)EN(3);
+	ck_assert_int_ne(try_one(p1, sizeof(p1) - 1, &e, 1, &err), 0);
+	e = (pf_str_edit)ES(4, "\xc3");
+	ck_assert_int_ne(try_one(p1, sizeof(p1) - 1, &e, 1, &err), 0);
+	static const uint8_t dev[] = "\x80\x02" "ctorch\ndevice\nq\x00X\x04\0\0\0cudaq\x01K\x00\x86q\x02Rq\x03.";
+	pf_str_edit two[2] = {EI(29, "1"), {.op_off = 31, .new_text = "cpu", .new_len = 3, .kind = PF_EDIT_TUPLE1}};
+	ck_assert_int_ne(try_one(dev, sizeof(dev) - 1, two, 2, &err), 0);
+	ck_assert_int_eq(err.code, PF_E_FORMAT);
+	/* several edits of one stream at once */
+	pf_str_edit many[3] = {EN(4), EF(6, 1.5), EG(2, "builtins\nfrozenset")};
+	ck_assert_int_eq(try_one(p1, sizeof(p1) - 1, many, 2, &err), 0);
+	ck_assert_int_eq(try_one(p2, sizeof(p2) - 1, many + 2, 1, &err), 0);
+}
+END_TEST
+
+/* ---- real pickles: scalar values and global renames ------------------------------------ */
+
+static const pf_node *dict_val(const pf_model *m, const char *key)
+{
+	const pf_node *n = pf_node_at(&m->g, pf_dict_get(&m->g, m->archives[0].root, key));
+	ck_assert_msg(n != NULL, "no '%s'", key);
+	return n;
+}
+
+static void real_values(int proto)
+{
+	static const char mod[] =
+		"class A:\n"
+		"    def __init__(self, v): self.v = v\n"
+		"class B(A): pass\n";
+	static const char mod2[] = "from pfscal import A as _A\nclass C(_A): pass\n";
+	char save[1024], verify[4096];
+	snprintf(save, sizeof(save),
+		 "import sys, pickle\n"
+		 "sys.path.insert(0, sys.argv[1]); import pfscal\n"
+		 "s = ''.join(['sha', 'red'])\n"
+		 "d = {'n': 7, 'big': 2**70, 'neg': -3, 'f': 0.5, 't': True, 'z': None, 's1': s, 's2': s,\n"
+		 "     'lst': [1, 2.5, s], 'a1': pfscal.A(1), 'a2': pfscal.A(2), 'b': pfscal.B(3),\n"
+		 "     'keep': {'x': 1.25, 'y': 'why', 'z': [None, False]},\n"
+		 "     'pad': ['p%%05d' %% i for i in range(9000)], 'last': 99}\n"
+		 "sys.stdout.buffer.write(pickle.dumps(d, protocol=%d))\n",
+		 proto);
+	snprintf(verify, sizeof(verify), PY_CHECK_FRAMES
+		 "import pfscal, pfscal2\n"
+		 "new = open(sys.argv[1] + '/in1', 'rb').read()\n"
+		 "old = pickle.loads(open(sys.argv[1] + '/in0', 'rb').read())\n"
+		 "a, c, nf = check(new)\n"
+		 "assert nf >= %d, nf\n"
+		 "for d in (a, c):\n"
+		 "    want = dict(old, n=123456, big=5, neg=-(2**80), f=0.001, t=False, z='now a str', s1=42, s2=42,\n"
+		 "                lst=[1, 2.5, 42], last=-1.5)\n"
+		 "    assert d.keys() == want.keys() and list(d) == list(want)\n"
+		 "    for k in want:\n"
+		 "        if k in ('a1', 'a2', 'b'): continue\n"
+		 "        assert d[k] == want[k] and type(d[k]) is type(want[k]), (k, d[k], want[k])\n"
+		 "    assert type(d['a1']) is pfscal2.C and d['a1'].v == 1, d['a1']\n"
+		 "    assert d['a2'] is not d['a1'] and type(d['a2']) is pfscal2.C and d['a2'].v == 2\n"
+		 "    assert type(d['b']) is pfscal.B and d['b'].v == 3\n"
+		 "    assert d['s1'] is d['s2']\n"
+		 "print('ok', end='')\n",
+		 proto >= 4 ? 2 : 0);
+	write_file("pfscal.py", mod, sizeof(mod) - 1);
+	write_file("pfscal2.py", mod2, sizeof(mod2) - 1);
+	size_t len, n;
+	uint8_t *pk = pf_test_python(save, tmpdir, &len);
+	pf_model m;
+	pf_error err = {0};
+	ck_assert_msg(pf_model_open(&m, pk, len, NULL, &err) == 0, "%s", err.msg);
+	ck_assert_uint_eq(m.n_pickles, 1);
+	pf_str_edit e[16];
+	unsigned ne = 0;
+	e[ne++] = (pf_str_edit)EI(dict_val(&m, "n")->off, "123456");
+	e[ne++] = (pf_str_edit)EI(dict_val(&m, "big")->off, "5");
+	e[ne++] = (pf_str_edit)EI(dict_val(&m, "neg")->off, "-1208925819614629174706176");
+	e[ne++] = (pf_str_edit)EF(dict_val(&m, "f")->off, 0.001);
+	e[ne++] = (pf_str_edit)EB(dict_val(&m, "t")->off, false);
+	e[ne++] = (pf_str_edit)ES(dict_val(&m, "z")->off, "now a str");
+	e[ne++] = (pf_str_edit)EI(dict_val(&m, "s1")->off, "42");
+	e[ne++] = (pf_str_edit)EF(dict_val(&m, "last")->off, -1.5);
+	ck_assert_uint_eq(dict_val(&m, "s1")->off, dict_val(&m, "s2")->off);
+	/* every opcode naming pfscal.A */
+	unsigned ng = 0;
+	for (pf_nid id = 1; id < m.g.n_nodes; id++)
+		if (pf_is_global(&m.g, id, "pfscal", "A")) {
+			e[ne++] = (pf_str_edit)EG(m.g.nodes[id].off, "pfscal2\nC");
+			ng++;
+		}
+	ck_assert_uint_eq(ng, 1);
+	buf out;
+	ck_assert_msg(rewrite(pk, len, e, ne, &out, &err) == 0, "%s at %llu", err.msg, (unsigned long long)err.offset);
+	write_file("in0", pk, len);
+	write_file("in1", out.p, out.n);
+	uint8_t *res = pf_test_python(verify, tmpdir, &n);
+	ck_assert_msg(n == 2 && memcmp(res, "ok", 2) == 0, "python p%d: %.*s", proto, (int)n, (const char *)res);
+	/* and the codec reads the new values back */
+	pf_model m2;
+	ck_assert_msg(pf_model_open(&m2, out.p, out.n, NULL, &err) == 0, "%s", err.msg);
+	ck_assert_int_eq(dict_val(&m2, "n")->kind, PF_K_INT);
+	ck_assert_int_eq(dict_val(&m2, "n")->u.i, 123456);
+	ck_assert_int_eq(dict_val(&m2, "t")->kind, PF_K_BOOL);
+	ck_assert(pf_str_eq(&m2.g, pf_dict_get(&m2.g, m2.archives[0].root, "z"), "now a str"));
+	pf_model_free(&m2);
+	free(res);
+	free(out.p);
+	pf_model_free(&m);
+	free(pk);
+}
+
+START_TEST(real_values_p0) { real_values(0); }
+END_TEST
+START_TEST(real_values_p2) { real_values(2); }
+END_TEST
+START_TEST(real_values_p4) { real_values(4); }
+END_TEST
+START_TEST(real_values_p5) { real_values(5); }
+END_TEST
+
 static Suite *suite(void)
 {
 	Suite *s = suite_create("repickle");
@@ -667,6 +935,7 @@ static Suite *suite(void)
 	tcase_add_test(t, bad_edits);
 	tcase_add_test(t, sink_failure);
 	tcase_add_test(t, device_edits_bad_range);
+	tcase_add_test(t, value_bad_edits);
 	suite_add_tcase(s, t);
 	TCase *py = tcase_create("python");
 	tcase_add_checked_fixture(py, setup, teardown);
@@ -678,6 +947,11 @@ static Suite *suite(void)
 	tcase_add_test(py, plain_p4_grow);
 	tcase_add_test(py, plain_p5_meta);
 	tcase_add_test(py, plain_p4_same_length);
+	tcase_add_test(py, value_hand_cases);
+	tcase_add_test(py, real_values_p0);
+	tcase_add_test(py, real_values_p2);
+	tcase_add_test(py, real_values_p4);
+	tcase_add_test(py, real_values_p5);
 	suite_add_tcase(s, py);
 	return s;
 }

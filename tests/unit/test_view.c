@@ -148,6 +148,9 @@ static void assert_views_equal(const pf_view *a, const pf_view *b)
 		ck_assert_int_eq(x->data_off, y->data_off);
 		ck_assert_uint_eq(x->data_len, y->data_len);
 		ck_assert_int_eq(x->needs_model, y->needs_model);
+		ck_assert_int_eq(x->has_mtime, y->has_mtime);
+		ck_assert_int_eq(x->mtime_sec, y->mtime_sec);
+		ck_assert_int_eq(x->mtime_nsec, y->mtime_nsec);
 		if (x->kind == PF_VE_TENSOR) {
 			ck_assert_uint_eq(x->tensor, y->tensor);
 			ck_assert_uint_eq(x->header_len, y->header_len);
@@ -492,6 +495,34 @@ START_TEST(key_must_match)
 }
 END_TEST
 
+/* Entries changed by a commit keep their own mtimes through the cache. */
+START_TEST(own_mtimes_round_trip)
+{
+	fixture fx;
+	open_state_dict(&fx);
+	fx.v.e[1].has_mtime = true;
+	fx.v.e[1].mtime_sec = 1764892800;
+	fx.v.e[1].mtime_nsec = 123456789;
+	fx.v.e[fx.v.n - 1].has_mtime = true;
+	fx.v.e[fx.v.n - 1].mtime_sec = -5;
+	size_t len;
+	uint8_t *buf = encode(&fx.v, &fx.key, &len);
+	pf_view back;
+	pf_error err = {0};
+	ck_assert_msg(pf_view_decode(buf, len, &fx.key, &back, &err) == 0, "%s", err.msg);
+	assert_views_equal(&fx.v, &back);
+	ck_assert(!back.e[2].has_mtime);
+	pf_view_free(&back);
+	/* an nsec out of range is corrupt: 123456789 is packed as uint32 0xce 07 5b cd 15 */
+	uint8_t *ns = memmem(buf, len, "\xce\x07\x5b\xcd\x15", 5);
+	ck_assert_ptr_nonnull(ns);
+	memcpy(ns + 1, "\x3b\x9a\xca\x00", 4); /* 1000000000 */
+	assert_rejected(buf, len, &fx.key, "nsec out of range");
+	free(buf);
+	close_fixture(&fx);
+}
+END_TEST
+
 START_TEST(magic_and_version_checked)
 {
 	fixture fx;
@@ -503,12 +534,12 @@ START_TEST(magic_and_version_checked)
 	magic[0] = 'P';
 	assert_rejected(buf, len, &fx.key, "magic");
 	magic[0] = 'p';
-	ck_assert_uint_eq(magic[14], 1); /* the version follows the magic */
-	magic[14] = 2;
-	assert_rejected(buf, len, &fx.key, "version 2");
-	magic[14] = 0;
-	assert_rejected(buf, len, &fx.key, "version 0");
+	ck_assert_uint_eq(magic[14], 2); /* the version follows the magic */
 	magic[14] = 1;
+	assert_rejected(buf, len, &fx.key, "version 1");
+	magic[14] = 3;
+	assert_rejected(buf, len, &fx.key, "version 3");
+	magic[14] = 2;
 	pf_view v;
 	pf_error err = {0};
 	ck_assert_int_eq(pf_view_decode(buf, len, &fx.key, &v, &err), 0);
@@ -682,14 +713,17 @@ START_TEST(crafted_views_rejected)
 	reject_mutation(&fx, "directory with a size", m_dir_size, NULL);
 	reject_mutation(&fx, "directory with data", m_dir_data, NULL);
 	reject_mutation(&fx, "too few entries", m_too_few, NULL);
-	/* the encoder cannot write text on a tensor: patch the last field, an empty bin */
+	/* the encoder cannot write text on a tensor: patch the last entry's last
+	 * field, an empty bin, before the empty list of own mtimes */
 	size_t len;
 	uint8_t *buf = encode(&fx.v, &fx.key, &len);
-	ck_assert_uint_eq(buf[len - 2], 0xc4);
-	ck_assert_uint_eq(buf[len - 1], 0x00);
+	ck_assert_uint_eq(buf[len - 3], 0xc4);
+	ck_assert_uint_eq(buf[len - 2], 0x00);
+	ck_assert_uint_eq(buf[len - 1], 0x90);
 	buf = realloc(buf, len + 1);
-	buf[len - 1] = 1;
-	buf[len] = 'x';
+	buf[len - 2] = 1;
+	buf[len - 1] = 'x';
+	buf[len] = 0x90;
 	assert_rejected(buf, len + 1, &fx.key, "text on a tensor");
 	free(buf);
 	close_fixture(&fx);
@@ -765,6 +799,7 @@ static Suite *suite(void)
 	tcase_add_test(tc, conflicting_paths_fail);
 	tcase_add_test(tc, key_must_match);
 	tcase_add_test(tc, magic_and_version_checked);
+	tcase_add_test(tc, own_mtimes_round_trip);
 	tcase_add_test(tc, every_truncation_rejected);
 	tcase_add_test(tc, random_bit_flips);
 	tcase_add_test(tc, crafted_views_rejected);
