@@ -110,6 +110,7 @@ typedef struct handle {
 	node *n;              /* N_ENTRY / N_SCRATCH node */
 	uint64_t epoch;       /* the model's epoch at open */
 	bool may_write, wrote;
+	bool text;            /* meta.json, device or globals: direct I/O */
 } handle;
 
 /* ---- logging ----------------------------------------------------------- */
@@ -961,7 +962,9 @@ static int read_source(pfs *fs, handle *h, read_src *src)
 {
 	node *n = h->n;
 	*src = (read_src){0};
-	bool current = n && !n->gone && (n->kind == N_SCRATCH || h->epoch == n->model->epoch);
+	/* a reader of a text file reads the version it opened: one whole text per open */
+	bool current = n && !n->gone && (n->kind == N_SCRATCH || h->epoch == n->model->epoch) &&
+		       (h->may_write || !h->text);
 	if (current && n->wc) {
 		src->wc = n->wc;
 	} else if (current) {
@@ -1305,7 +1308,9 @@ static int open_model_file(pfs *fs, node *n, handle *h, struct fuse_file_info *f
 			return rc;
 		n->version++;
 	}
-	if (n->wc) {
+	/* a text being rewritten by someone else: its last whole version */
+	bool whole = n->kind == N_ENTRY && !write && n->state == WC_WRITING && ms->view.e[idx].kind != PF_VE_TENSOR;
+	if (n->wc && !whole) {
 		h->wc = n->wc;
 		pfs_wcopy_ref(h->wc);
 	} else {
@@ -1317,6 +1322,10 @@ static int open_model_file(pfs *fs, node *n, handle *h, struct fuse_file_info *f
 		h->may_write = true;
 		n->writers++;
 	}
+	/* The texts change length with every commit (a device string): read straight from here,
+	 * so a reader gets one whole version per read, never one cut to the other's i_size. */
+	h->text = n->kind == N_ENTRY && ms->view.e[idx].kind != PF_VE_TENSOR;
+	fi->direct_io = h->text;
 	/* pages the kernel kept are good only for the same contents */
 	fi->keep_cache = n->opened_ms == (n->wc ? NULL : ms) && n->opened_version == n->version;
 	n->opened_ms = n->wc ? NULL : ms;
@@ -1441,7 +1450,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		return;
 	}
 	read_src src = {.ms = h->ms, .entry = h->entry, .wc = h->wc};
-	if (h->n) {
+	bool own = h->n != NULL; /* h may be released as soon as the reply is out */
+	if (own) {
 		pfs *fs = fs_of(req);
 		pthread_mutex_lock(&fs->lock);
 		int rc = read_source(fs, h, &src);
@@ -1452,7 +1462,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		}
 	}
 	read_from(req, &src, size, off);
-	if (h->n) {
+	if (own) {
 		pfs_wcopy_unref(src.wc);
 		pfs_model_unref(src.wc ? NULL : src.ms);
 	}
