@@ -1596,8 +1596,15 @@ static int torch_device_edit(dctx *c, const pf_node *n, pf_error *err)
 	const pf_node *type = pf_node_at(g, pf_seq_at(g, args, 0));
 	if (pf_seq_len(g, args) == 1 && type && type->kind == PF_K_STR)
 		return add_edit(c, type, PF_EDIT_STR, PF_WHY_TORCH_DEVICE, err);
-	if (pf_seq_len(g, args) == 2 && type && type->kind == PF_K_STR)
+	if (pf_seq_len(g, args) == 2 && type && type->kind == PF_K_STR) {
+		/* torch.device('cuda', 0) already is cuda:0: left as it is, so an unchanged
+		 * `device` written back changes nothing */
+		const pf_node *index = pf_node_at(g, pf_seq_at(g, args, 1));
+		if (index && index->kind == PF_K_INT && c->dev->index >= 0 && index->u.i == c->dev->index &&
+		    str_is(type, c->dev->text, c->dev->type_len))
+			return 0;
 		return add_edit(c, a, PF_EDIT_TUPLE1, PF_WHY_TORCH_DEVICE, err);
+	}
 	return 0;
 }
 

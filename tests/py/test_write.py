@@ -474,3 +474,55 @@ def test_meta_json_scalar_edits(tmp_path):
     assert p.returncode == 0, p.stderr
     with zipfile.ZipFile(src / "h.pt") as z:
         assert z.testzip() is None
+
+
+@pytest.fixture(scope="module")
+def resaved(tmp_path_factory):
+    """Every model: meta.json saved again the way an editor saves it (other indentation, a
+    temporary file renamed over it), globals through `sed -i` with a substitution that matches
+    nothing, and device written back when it names one device (torch.device('cuda', 0) stays
+    as it is for cuda:0)."""
+    base = tmp_path_factory.mktemp("write-noop")
+    src = base / "src"
+    os.makedirs(src)
+    models = _models()
+    for name, origin in models:
+        shutil.copy(origin, src / name)
+    results = {}
+    expect = [r"^picklefs: sbi_npse_zip_versiononly.pkl: offset \d+: .*"]
+    with mounted(src, base / "mnt", base / "cache", args=["-o", "commit_delay=0"], expect=expect) as m:
+        for name, _origin in models:
+            d = m.path(name)
+            if not os.path.isdir(d):
+                continue
+            mj = os.path.join(d, "meta.json")
+            with open(mj) as f:
+                meta = json.load(f)
+            tmp = os.path.join(d, ".meta.json.swp")
+            with open(tmp, "w") as f:
+                json.dump(meta, f, indent=1)
+            os.rename(tmp, mj)
+            subprocess.run(["sed", "-i", "s/^no-such-module-here /x /", os.path.join(d, "globals")], check=True)
+            with open(os.path.join(d, "device")) as f:
+                lines = f.readlines()
+            # one device: written back it changes nothing (several: writing one is a change)
+            rc = _write_file(os.path.join(d, "device"), lines[0].encode()) if len(lines) == 1 else 0
+            fd = os.open(mj, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                synced = 0
+            except OSError as e:
+                synced = e.errno
+            os.close(fd)
+            results[name] = (rc, synced)
+    return src, dict(models), results
+
+
+@pytest.mark.parametrize("name", _model_names())
+def test_unchanged_saves_leave_the_file_alone(resaved, name):
+    src, origins, results = resaved
+    if name not in results:
+        pytest.skip(f"{name}: shown as a plain file")
+    assert results[name] == (0, 0), f"{name}: device write / fsync gave {results[name]}"
+    with open(src / name, "rb") as f, open(origins[name], "rb") as g:
+        assert f.read() == g.read(), f"{name}: changed although nothing was edited"
