@@ -526,3 +526,48 @@ def test_unchanged_saves_leave_the_file_alone(resaved, name):
     assert results[name] == (0, 0), f"{name}: device write / fsync gave {results[name]}"
     with open(src / name, "rb") as f, open(origins[name], "rb") as g:
         assert f.read() == g.read(), f"{name}: changed although nothing was edited"
+
+
+@pytest.fixture(scope="module")
+def moved(tmp_path_factory):
+    """Every model moved to another device: `echo cuda:1 > device`."""
+    base = tmp_path_factory.mktemp("write-cuda1")
+    src = base / "src"
+    os.makedirs(src)
+    models = _models()
+    for name, origin in models:
+        shutil.copy(origin, src / name)
+    results = {}
+    expect = [rf"^picklefs: {n}: not committed: .*not supported yet$" for n in sorted(UNSUPPORTED)]
+    expect.append(r"^picklefs: sbi_npse_zip_versiononly.pkl: offset \d+: .*")
+    with mounted(src, base / "mnt", base / "cache", optional=expect) as m:
+        for name, _origin in models:
+            d = m.path(name)
+            if os.path.isdir(d):
+                results[name] = _write_file(os.path.join(d, "device"), b"cuda:1\n")
+    return src, dict(models), results
+
+
+@pytest.mark.parametrize("name", _model_names())
+def test_every_model_moves_to_another_device(moved, name):
+    """Every storage location says cuda:1 afterwards, no tensor byte changed, zips stay valid."""
+    src, origins, results = moved
+    if name not in results:
+        pytest.skip(f"{name}: shown as a plain file")
+    rc = results[name]
+    if rc == errno.EOPNOTSUPP and name in UNSUPPORTED:
+        return
+    assert rc == 0, f"{name}: close() gave {errno.errorcode.get(rc, rc)}"
+    before = oracle.describe(origins[name])
+    after = oracle.describe(str(src / name))
+    assert sorted(oracle.key(t) for t in after["tensors"]) == sorted(oracle.key(t) for t in before["tensors"])
+    if before["storage_locations"]:
+        assert set(after["storage_locations"]) == {"cuda:1"}, f"{name}: {after['storage_locations']}"
+    with open(src / name, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"
+    if is_zip:
+        with zipfile.ZipFile(src / name) as z:
+            assert z.testzip() is None
+        if os.path.exists(TORCH_ZIP_CHECK):
+            p = subprocess.run([TORCH_ZIP_CHECK, str(src / name)], capture_output=True, text=True, timeout=120)
+            assert p.returncode == 0, f"{name}: libtorch's reader: {p.stderr}"
