@@ -392,23 +392,43 @@ static int copy_range(int from, uint64_t off, uint64_t len, int to, loff_t *out)
 	return 0;
 }
 
-/* The new file, piece by piece: ranges of the old file and new bytes. */
+/* Writeback is started every this many bytes, so the final fsync has little left to wait for. */
+#define WRITEBACK_CHUNK (32u << 20)
+
+/* Append one piece (a range of the old file, or new bytes) to the new file at *out. */
+static int write_piece(int from, int to, const uint8_t *bytes, uint64_t off, uint64_t len, loff_t *out)
+{
+	if (!bytes)
+		return copy_range(from, off, len, to, out);
+	if (lseek(to, *out, SEEK_SET) < 0)
+		return -errno;
+	int rc = write_all(to, bytes, len);
+	*out += (loff_t)len;
+	return rc;
+}
+
+/*
+ * The new file, piece by piece: ranges of the old file and new bytes.
+ * Large pieces go in chunks, each followed by an asynchronous start of its
+ * writeback (sync_file_range), so that the disk writes while the copy goes
+ * on instead of all at the fsync.
+ */
 static int write_plan(int from, int to, const pf_plan *pl)
 {
-	loff_t out = 0;
+	loff_t out = 0, kicked = 0;
 	for (uint32_t i = 0; i < pl->n; i++) {
 		const pf_piece *pc = &pl->v[i];
-		int rc;
-		if (pc->bytes) {
-			if (lseek(to, out, SEEK_SET) < 0)
-				return -errno;
-			rc = write_all(to, pc->bytes, pc->len);
-			out += (loff_t)pc->len;
-		} else {
-			rc = copy_range(from, pc->off, pc->len, to, &out);
+		for (uint64_t done = 0; done < pc->len;) {
+			uint64_t n = pc->len - done < WRITEBACK_CHUNK ? pc->len - done : WRITEBACK_CHUNK;
+			int rc = write_piece(from, to, pc->bytes ? pc->bytes + done : NULL, pc->off + done, n, &out);
+			if (rc)
+				return rc;
+			done += n;
+			if (out - kicked >= (loff_t)WRITEBACK_CHUNK) {
+				sync_file_range(to, kicked, out - kicked, SYNC_FILE_RANGE_WRITE); /* a hint: errors come at fsync */
+				kicked = out;
+			}
 		}
-		if (rc)
-			return rc;
 	}
 	return (uint64_t)out == pl->size ? 0 : -EIO;
 }

@@ -1307,6 +1307,7 @@ static int open_model_file(pfs *fs, node *n, handle *h, struct fuse_file_info *f
 		if (n->kind == N_SCRATCH && (rc = pfs_wcopy_truncate(n->wc, 0)))
 			return rc;
 		n->version++;
+		h->wrote = true; /* closed without a write, it is still an (empty) new file to check */
 	}
 	/* a text being rewritten by someone else: its last whole version */
 	bool whole = n->kind == N_ENTRY && !write && n->state == WC_WRITING && ms->view.e[idx].kind != PF_VE_TENSOR;
@@ -1961,6 +1962,8 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 		int64_t idx = n->kind == N_ENTRY ? node_entry(fs, n, &ms) : 0;
 		rc = idx < 0 ? -ESTALE : n->kind == N_ENTRY && ms->view.e[idx].kind == PF_VE_DIR && (to_set & FUSE_SET_ATTR_SIZE) ? -EISDIR
 			: setattr_model_file(fs, n, attr, to_set);
+		if (!rc && fi && (to_set & FUSE_SET_ATTR_SIZE) && fi->fh)
+			((handle *)(uintptr_t)fi->fh)->wrote = true; /* ftruncate: checked at close */
 		if (!rc)
 			rc = node_stat(fs, n, &st);
 		pthread_mutex_unlock(&fs->lock);

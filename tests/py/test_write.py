@@ -220,7 +220,9 @@ def test_kinds_of_writes(model):
     tmp, src, name = model
     before = _load(src / name)
     refused = [r"^picklefs: .*enc/bias.npy: not written: the new .npy is <f4 \(63,\), the tensor <f4 \(64,\)$",
-               r"^picklefs: .*enc/bias.npy: not written: the new .npy is <f8 \(64,\), the tensor <f4 \(64,\)$"]
+               r"^picklefs: .*enc/bias.npy: not written: the new .npy is <f8 \(64,\), the tensor <f4 \(64,\)$",
+               r"^picklefs: .*enc/bias.npy: not written: npy: truncated magic$",
+               r"^picklefs: .*head/w.npy: not written: npy: truncated magic$"]
     with mounted(src, tmp / "mnt", tmp / "cache", expect=refused) as m:
         d = m.path(name)
         w = os.path.join(d, "enc", "weight.npy")
@@ -252,8 +254,14 @@ def test_kinds_of_writes(model):
         assert _write_file(os.path.join(d, "enc", "bias.npy"), open(bad_shape, "rb").read()) == errno.EINVAL
         np.save(bad_shape, np.zeros(64, dtype=np.float64))
         assert _write_file(os.path.join(d, "enc", "bias.npy"), open(bad_shape, "rb").read()) == errno.EINVAL
+        # truncated and closed with nothing written (`: > f`, `truncate -s 0`): refused too
+        assert _write_file(os.path.join(d, "enc", "bias.npy"), b"") == errno.EINVAL
+        with pytest.raises(OSError) as e:
+            os.truncate(os.path.join(d, "head", "w.npy"), 0)
+        assert e.value.errno == errno.EINVAL
         assert open(src / name, "rb").read() == snapshot
         assert np.load(os.path.join(d, "enc", "bias.npy"))[0] == 3.0
+        assert np.load(os.path.join(d, "head", "w.npy"))[2, 3] == 42.0
         # new tensor names, unlink, mkdir: refused with a clear errno
         with pytest.raises(PermissionError):
             np.save(os.path.join(d, "enc", "new.npy"), np.zeros(3))
