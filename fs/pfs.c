@@ -1306,8 +1306,9 @@ static int open_model_file(pfs *fs, node *n, handle *h, struct fuse_file_info *f
 			return rc;
 		if (n->kind == N_SCRATCH && (rc = pfs_wcopy_truncate(n->wc, 0)))
 			return rc;
+		/* not yet "written": a shell's `> f` closes this fd once (after dup2) before it
+		 * writes; an O_TRUNC never followed by a write is checked at release */
 		n->version++;
-		h->wrote = true; /* closed without a write, it is still an (empty) new file to check */
 	}
 	/* a text being rewritten by someone else: its last whole version */
 	bool whole = n->kind == N_ENTRY && !write && n->state == WC_WRITING && ms->view.e[idx].kind != PF_VE_TENSOR;
