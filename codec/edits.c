@@ -519,6 +519,9 @@ static int note_spot(mctx *c, pf_nid node, json_t *a, json_t *b)
 		return refuse(c, PF_E_INVALID, "%s", why);
 	if (rb == 0)
 		return refuse(c, PF_E_INVALID, "a value was replaced by a %s", json_is_array(b) ? "list" : "container");
+	/* meta.json shows NUL as U+FFFD (meta.c json_text): a written NUL could never be read back */
+	if (vb.type == PF_V_STR && memchr(vb.s, 0, vb.n))
+		return refuse(c, PF_E_INVALID, "a string with NUL (\\u0000), which meta.json cannot show");
 	to_sval(a, &va, &why);
 	if (grow((void **)&c->spots, &c->cap_spots, c->n_spots + 1, sizeof(*c->spots), c->err))
 		return -1;

@@ -609,6 +609,8 @@ START_TEST(meta_refused)
 		{"d['devices'] = ['cuda:0']", "$.devices[0]"},
 		{"d['version'] = 1.0", "$.version"},
 		{"r['hparams'] = None", "$.root.hparams"},
+		/* NUL: meta.json shows it as U+FFFD, so it could not be read back (found by fuzz_edits) */
+		{"r['hparams']['lr'] = 'a\\x00b'", "$.root.hparams.lr"},
 	};
 	loaded l;
 	pf_span_edit *v;
