@@ -758,6 +758,8 @@ static int keep_text(pfs_changes_set *cs, char *t)
 
 static int add_edits(pfs_changes_set *cs, const pf_span_edit *v, uint32_t n)
 {
+	if (!n)
+		return 0; /* v may be NULL then (memcpy of NULL is undefined even for 0 bytes) */
 	if (grow((void **)&cs->edits, &cs->cap_edits, cs->n_edits + n, sizeof(*cs->edits)))
 		return -ENOMEM;
 	memcpy(cs->edits + cs->n_edits, v, (size_t)n * sizeof(*v));
