@@ -11,6 +11,7 @@ must be fuzz_edits.c's pattern.  globals edits (modes 0, 3): renamed names
 need not exist, so every global is a stub (except what holds embedded
 files) and only the structure is checked: pickles load, zip CRC-32s match.
 """
+import codecs as _codecs_mod
 import collections
 import io
 import json
@@ -20,7 +21,9 @@ import pickle
 import struct
 import sys
 import zipfile
+
 import torch
+
 
 class Stub(dict):
     def __init__(self, *a, **k): pass
@@ -29,6 +32,7 @@ class Stub(dict):
     def extend(self, x): pass
 
 class U(pickle.Unpickler):
+    # the real globals; blobs loaded on the CPU (devices may have become cuda:1)
     def find_class(self, mod, name):
         if (mod, name) == ('torch.storage', '_load_from_bytes'):
             return lambda b: torch.load(io.BytesIO(b), map_location='cpu')
@@ -36,8 +40,6 @@ class U(pickle.Unpickler):
             return super().find_class(mod, name)
         except Exception:
             return type(name.split('.')[-1], (Stub,), {})
-
-import codecs as _codecs_mod
 
 class SB(bytes):
     def __setstate__(self, s): pass

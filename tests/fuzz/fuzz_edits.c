@@ -43,7 +43,8 @@
  * Besides ASan/UBSan/LSan.  Failed calls must set a code and a message.
  *
  * FUZZ_EDITS_VERBOSE=1 says how far each input got; FUZZ_EDITS_DUMP=DIR
- * keeps each rewritten file and its text (to load them with Python).
+ * keeps each rewritten file and its text for check_edit_dumps.py, which
+ * loads them with Python's pickle / torch.load.
  */
 #include <stdbool.h>
 #include <stdint.h>
