@@ -27,6 +27,7 @@
 
 #include "hashmap.h"
 #include "pickle_ops.h"
+#include "table.h"
 #include "repickle.h"
 #include "utf8.h"
 
@@ -407,21 +408,6 @@ typedef struct mctx {
 	pf_error *err;
 } mctx;
 
-static int grow(void **v, uint32_t *cap, uint32_t need, size_t size, pf_error *err)
-{
-	if (need <= *cap)
-		return 0;
-	uint32_t c = *cap ? *cap : 16;
-	while (c < need && c <= UINT32_MAX / 2)
-		c *= 2;
-	void *p = c >= need ? realloc(*v, (size_t)c * size) : NULL;
-	if (!p)
-		return pf_fail(err, PF_E_NOMEM, 0, "out of memory");
-	*v = p;
-	*cap = c;
-	return 0;
-}
-
 /* The JSON path of the child now compared, into buf (its tail when long). */
 static const char *path_of(const mctx *c, char *buf, size_t cap)
 {
@@ -523,7 +509,7 @@ static int note_spot(mctx *c, pf_nid node, json_t *a, json_t *b)
 	if (vb.type == PF_V_STR && memchr(vb.s, 0, vb.n))
 		return refuse(c, PF_E_INVALID, "a string with NUL (\\u0000), which meta.json cannot show");
 	to_sval(a, &va, &why);
-	if (grow((void **)&c->spots, &c->cap_spots, c->n_spots + 1, sizeof(*c->spots), c->err))
+	if (pf_table_grow((void **)&c->spots, &c->cap_spots, c->n_spots + 1, sizeof(*c->spots), c->err))
 		return -1;
 	spot *s = &c->spots[c->n_spots++];
 	s->node = node;
@@ -531,7 +517,7 @@ static int note_spot(mctx *c, pf_nid node, json_t *a, json_t *b)
 	if (sval_eq(&va, &vb))
 		return 0;
 	char path[PATH_SHOWN];
-	if (grow((void **)&c->ch, &c->cap_ch, c->n_ch + 1, sizeof(*c->ch), c->err))
+	if (pf_table_grow((void **)&c->ch, &c->cap_ch, c->n_ch + 1, sizeof(*c->ch), c->err))
 		return -1;
 	change *ch = &c->ch[c->n_ch];
 	ch->node = node;
@@ -598,7 +584,7 @@ static int compare(mctx *c, const json_t *parent, const char *key, size_t index,
 		return -1;
 	if (c->n_fr >= c->max_fr)
 		return refuse(c, PF_E_LIMIT, "nested deeper than %u", c->max_fr);
-	if (grow((void **)&c->fr, &c->cap_fr, c->n_fr + 1, sizeof(*c->fr), c->err))
+	if (pf_table_grow((void **)&c->fr, &c->cap_fr, c->n_fr + 1, sizeof(*c->fr), c->err))
 		return -1;
 	frame *f = &c->fr[c->n_fr++];
 	memset(f, 0, sizeof(*f));

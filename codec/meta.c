@@ -787,6 +787,16 @@ static char *globals_text(const pf_graph *g)
 
 /* ---- the tree ---------------------------------------------------------- */
 
+const char *const pf_meta_file_names[PF_META_FILES] = {"meta.json", "device", "globals"};
+
+bool pf_is_meta_file(const char *name)
+{
+	for (size_t i = 0; i < PF_META_FILES; i++)
+		if (strcmp(name, pf_meta_file_names[i]) == 0)
+			return true;
+	return false;
+}
+
 int pf_tree_build(const pf_model *m, pf_tree *t, pf_error *err)
 {
 	walk w = {.m = m, .t = t, .err = err};
@@ -807,9 +817,8 @@ int pf_tree_build(const pf_model *m, pf_tree *t, pf_error *err)
 		goto out;
 	}
 	/* the model directory's own files: a key with these names gets "~2" */
-	static const char *const reserved[] = {"meta.json", "device", "globals"};
-	for (size_t i = 0; i < sizeof(reserved) / sizeof(reserved[0]); i++)
-		if (!pf_hashmap_put(&w.names, name_key("", reserved[i]), 1)) {
+	for (size_t i = 0; i < PF_META_FILES; i++)
+		if (!pf_hashmap_put(&w.names, name_key("", pf_meta_file_names[i]), 1)) {
 			pf_fail(err, PF_E_NOMEM, 0, "out of memory");
 			goto out;
 		}

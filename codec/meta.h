@@ -26,6 +26,7 @@
 #define PF_META_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "arena.h"
@@ -61,6 +62,14 @@ typedef struct pf_tree {
 	char *globals_text; /* "torch._utils _rebuild_tensor_v2\n..." (malloc) */
 	pf_arena arena;     /* paths */
 } pf_tree;
+
+/* The model directory's own files, in the order the view lists them: meta.json, device,
+ * globals.  pf_tree_build gives a dict key with one of these names a "~2" suffix. */
+#define PF_META_FILES 3
+extern const char *const pf_meta_file_names[PF_META_FILES];
+
+/* Is name one of pf_meta_file_names? */
+bool pf_is_meta_file(const char *name);
 
 int pf_tree_build(const pf_model *m, pf_tree *t, pf_error *err);
 void pf_tree_free(pf_tree *t);

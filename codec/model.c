@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "legacy.h"
+#include "table.h"
 
 /* Candidate bytes values are only tried as embedded torch.save files when
  * they begin like one; this keeps ordinary bytes values cheap. */
@@ -25,27 +26,7 @@ const char *pf_container_name(pf_container c)
 
 /* ---- growable tables -------------------------------------------------- */
 
-static int grow_table(void **items, uint32_t *cap, uint32_t need, size_t size, pf_error *err)
-{
-	if (need <= *cap)
-		return 0;
-	uint32_t ncap = *cap ? *cap : 16;
-	while (ncap < need) {
-		if (ncap > UINT32_MAX / 2)
-			return pf_fail(err, PF_E_LIMIT, 0, "table too large");
-		ncap *= 2;
-	}
-	if ((size_t)ncap > SIZE_MAX / size)
-		return pf_fail(err, PF_E_NOMEM, 0, "table too large");
-	void *p = realloc(*items, (size_t)ncap * size);
-	if (!p)
-		return pf_fail(err, PF_E_NOMEM, 0, "out of memory");
-	*items = p;
-	*cap = ncap;
-	return 0;
-}
-
-#define GROW(m, arr, n, cap, err) grow_table((void **)&(m)->arr, &(m)->cap, (m)->n + 1, sizeof(*(m)->arr), err)
+#define GROW(m, arr, n, cap, err) pf_table_grow((void **)&(m)->arr, &(m)->cap, (m)->n + 1, sizeof(*(m)->arr), err)
 
 static int put(pf_hashmap *map, uint64_t key, uint32_t val, pf_error *err)
 {

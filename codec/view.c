@@ -56,7 +56,7 @@
 #define VIEW_HEADER_MAX 4096   /* > the longest header pf_npy_header writes */
 #define NO_ENTRY UINT32_MAX
 
-static const char *const text_names[4] = {NULL, "meta.json", "device", "globals"};
+/* entries 1..3: pf_meta_file_names, in order */
 static const pf_ventry_kind text_kinds[4] = {PF_VE_DIR, PF_VE_META, PF_VE_DEVICE, PF_VE_GLOBALS};
 
 /* ------------------------------------------------------------------ entries */
@@ -241,7 +241,7 @@ static int index_add(child_index *ix, const pf_view *v, uint32_t i, pf_error *er
 
 static int add_text(pf_view *v, uint32_t idx, const char *text, pf_error *err)
 {
-	const char *name = text_names[idx];
+	const char *name = pf_meta_file_names[idx - 1];
 	size_t len = text ? strlen(text) : 0;
 	pf_ventry *e = view_add(v, 0, name, strlen(name), text_kinds[idx], err);
 
@@ -661,7 +661,7 @@ static int check_place(const pf_view *v, uint32_t i, const raw_entry *r, pf_erro
 	if (!name_ok(r->name, r->name_len))
 		return BAD(i, "bad name");
 	if (i <= 3) {
-		const char *want = text_names[i];
+		const char *want = pf_meta_file_names[i - 1];
 		if (r->kind != text_kinds[i] || r->parent != 0 || r->name_len != strlen(want) ||
 		    memcmp(r->name, want, r->name_len) != 0)
 			return BAD(i, "meta.json, device and globals must come first");

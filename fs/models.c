@@ -4,6 +4,7 @@
 #include "npy.h"
 #include "repickle.h"
 #include "rewrite.h"
+#include "table.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -731,19 +732,11 @@ void pfs_changes_free(pfs_changes_set *cs)
 	memset(cs, 0, sizeof(*cs));
 }
 
+/* Room for need items (table.h); -ENOMEM (or the limit's errno) when there is none. */
 static int grow(void **v, uint32_t *cap, uint32_t need, size_t size)
 {
-	if (need <= *cap)
-		return 0;
-	uint32_t c = *cap ? *cap : 8;
-	while (c < need)
-		c *= 2;
-	void *p = realloc(*v, (size_t)c * size);
-	if (!p)
-		return -ENOMEM;
-	*v = p;
-	*cap = c;
-	return 0;
+	pf_error err = {0};
+	return pf_table_grow(v, cap, need, size, &err) ? -pfs_errno_of(&err) : 0;
 }
 
 static int keep_text(pfs_changes_set *cs, char *t)

@@ -873,8 +873,7 @@ static int64_t node_entry(pfs *fs, node *n, pfs_model **ms)
 static bool reserved_or_tensor_name(const char *name)
 {
 	size_t len = strlen(name);
-	return !strcmp(name, "meta.json") || !strcmp(name, "device") || !strcmp(name, "globals") ||
-	       (len > 4 && !strcmp(name + len - 4, ".npy"));
+	return pf_is_meta_file(name) || (len > 4 && !strcmp(name + len - 4, ".npy"));
 }
 
 static uint64_t path_key(const char *path)
@@ -1014,6 +1013,12 @@ static void drop_written(pfs *fs, node *m)
 	m->due = false;
 }
 
+/* The one log line for contents refused at close or rename. */
+static void log_refused(pfs *fs, const node *m, const char *path, int rc, const pf_error *why)
+{
+	pfs_log(fs, "%s/%s: not written: %s", m->rel, path, why->msg[0] ? why->msg : strerror(-rc));
+}
+
 /*
  * The last writer of an entry is done: check what it holds (DESIGN §4).
  * Bad contents are dropped and give -EINVAL.  The caller holds fs->lock.
@@ -1027,7 +1032,7 @@ static int finalize(pfs *fs, node *n)
 	int64_t idx = node_entry(fs, n, &ms);
 	int rc = idx < 0 ? -ESTALE : pfs_model_check(ms, (uint32_t)idx, n->wc, &why);
 	if (rc) {
-		pfs_log(fs, "%s/%s: not written: %s", n->model->rel, n->rel, why.msg[0] ? why.msg : strerror(-rc));
+		log_refused(fs, n->model, n->rel, rc, &why);
 		revert(fs, n);
 		return rc;
 	}
@@ -1372,67 +1377,53 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fuse_reply_open(req, fi);
 }
 
-static void read_wcopy(fuse_req_t req, pfs_wcopy *wc, size_t size, off_t off)
+/* Splice a plain tensor's bytes: header from memory, data straight from the model file. */
+static void reply_spliced(fuse_req_t req, pfs_model *ms, const pf_ventry *e, size_t size, uint64_t off)
 {
-	char *buf = malloc(size ? size : 1);
-	if (!buf) {
-		fuse_reply_err(req, ENOMEM);
+	struct {
+		struct fuse_bufvec v;
+		struct fuse_buf extra;
+	} bv = {0};
+	size_t k = 0;
+	if (off >= e->size) {
+		fuse_reply_buf(req, NULL, 0);
 		return;
 	}
-	ssize_t n = pfs_wcopy_read(wc, buf, size, (uint64_t)off);
-	if (n < 0)
-		fuse_reply_err(req, (int)-n);
-	else
-		fuse_reply_buf(req, buf, (size_t)n);
-	free(buf);
+	if (size > e->size - off)
+		size = (size_t)(e->size - off);
+	if (off < e->header_len) {
+		size_t hn = e->header_len - off < size ? (size_t)(e->header_len - off) : size;
+		bv.v.buf[0] = (struct fuse_buf){.size = hn, .mem = (void *)(e->header + off)};
+		k = 1;
+		size -= hn;
+		off += hn;
+	}
+	if (size > 0) {
+		struct fuse_buf *b = k ? &bv.extra : &bv.v.buf[0];
+		*b = (struct fuse_buf){.size = size, .flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK, .fd = ms->fd,
+				       .pos = (off_t)((uint64_t)e->data_off + off - e->header_len)};
+		k++;
+	}
+	bv.v.count = k;
+	fuse_reply_data(req, &bv.v, FUSE_BUF_SPLICE_MOVE);
 }
 
 /* Reply to a read from a model entry's version or a working copy. */
 static void read_from(fuse_req_t req, const read_src *src, size_t size, off_t off)
 {
-	if (src->wc) {
-		read_wcopy(req, src->wc, size, off);
+	const pf_ventry *e = src->wc ? NULL : &src->ms->view.e[src->entry];
+	if (e && e->kind == PF_VE_TENSOR && !e->needs_model) {
+		reply_spliced(req, src->ms, e, size, (uint64_t)off);
 		return;
 	}
-	pfs_model *ms = src->ms;
-	const pf_ventry *e = &ms->view.e[src->entry];
-	uint64_t uoff = (uint64_t)off;
-	if (uoff >= e->size) {
-		fuse_reply_buf(req, NULL, 0);
-		return;
-	}
-	if (size > e->size - uoff)
-		size = (size_t)(e->size - uoff);
-	if (e->kind == PF_VE_TENSOR && !e->needs_model) {
-		/* header from memory, data spliced straight from the model file */
-		struct {
-			struct fuse_bufvec v;
-			struct fuse_buf extra;
-		} bv = {0};
-		size_t k = 0;
-		if (uoff < e->header_len) {
-			size_t hn = e->header_len - uoff < size ? (size_t)(e->header_len - uoff) : size;
-			bv.v.buf[0] = (struct fuse_buf){.size = hn, .mem = (void *)(e->header + uoff)};
-			k = 1;
-			size -= hn;
-			uoff += hn;
-		}
-		if (size > 0) {
-			struct fuse_buf *b = k ? &bv.extra : &bv.v.buf[0];
-			*b = (struct fuse_buf){.size = size, .flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK, .fd = ms->fd,
-					       .pos = (off_t)((uint64_t)e->data_off + uoff - e->header_len)};
-			k++;
-		}
-		bv.v.count = k;
-		fuse_reply_data(req, &bv.v, FUSE_BUF_SPLICE_MOVE);
-		return;
-	}
+	/* texts, decoded tensors and written contents: through a buffer (both reads clamp to the end) */
 	char *buf = malloc(size ? size : 1);
 	if (!buf) {
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	ssize_t n = pfs_model_read(ms, src->entry, uoff, buf, size);
+	ssize_t n = src->wc ? pfs_wcopy_read(src->wc, buf, size, (uint64_t)off)
+			    : pfs_model_read(src->ms, src->entry, (uint64_t)off, buf, size);
 	if (n < 0)
 		fuse_reply_err(req, (int)-n);
 	else
@@ -1795,6 +1786,18 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 	remove_common(req, parent, name, AT_REMOVEDIR);
 }
 
+/* Give node n of model m the path `path` (its entry in m's `named` map moves with it). */
+static int rename_node(pfs *fs, node *m, node *n, const char *path)
+{
+	char *rel = strdup(path);
+	if (!rel)
+		return -ENOMEM;
+	unname_node(m, n->rel);
+	free(n->rel);
+	n->rel = rel;
+	return name_node(fs, m, n);
+}
+
 /*
  * A scratch file renamed over an entry replaces its contents, with the same
  * checks as a write (EINVAL, nothing changes).  Like rename(2) on a local
@@ -1815,25 +1818,11 @@ static int rename_in_model(pfs *fs, node *m, const char *from, const char *to, u
 		return -EINVAL;
 	if (!dst && idx < 0) { /* scratch to a new scratch name */
 		const char *base = strrchr(to, '/');
-		if (reserved_or_tensor_name(base ? base + 1 : to))
-			return -EPERM;
-		char *rel = strdup(to);
-		if (!rel)
-			return -ENOMEM;
-		unname_node(m, src->rel);
-		free(src->rel);
-		src->rel = rel;
-		return name_node(fs, m, src);
+		return reserved_or_tensor_name(base ? base + 1 : to) ? -EPERM : rename_node(fs, m, src, to);
 	}
 	if (dst && dst->kind == N_SCRATCH) {
 		drop_scratch(m, dst);
-		unname_node(m, src->rel);
-		char *rel = strdup(to);
-		if (!rel)
-			return -ENOMEM;
-		free(src->rel);
-		src->rel = rel;
-		return name_node(fs, m, src);
+		return rename_node(fs, m, src, to);
 	}
 	/* over an entry of the model */
 	const pf_ventry *e = &ms->view.e[idx];
@@ -1842,25 +1831,19 @@ static int rename_in_model(pfs *fs, node *m, const char *from, const char *to, u
 	pf_error why = {0};
 	int rc = pfs_model_check(ms, (uint32_t)idx, src->wc, &why);
 	if (rc) {
-		pfs_log(fs, "%s/%s: not written: %s", m->rel, to, why.msg[0] ? why.msg : strerror(-rc));
+		log_refused(fs, m, to, rc, &why);
 		return rc;
 	}
 	const char *path = e->kind == PF_VE_TENSOR ? ms->view.e[e->link].path : e->path;
 	node *old = dst ? dst : node_find_or_add(fs, N_ENTRY, m, path, ino_of(m->rel, path));
-	char *rel = strdup(path);
-	if (!old || !rel) {
-		free(rel);
+	if (!old)
 		return -ENOMEM;
-	}
-	unname_node(m, src->rel);
 	old->gone = true;
 	unname_node(m, old->rel);
-	free(src->rel);
-	src->rel = rel;
 	src->kind = N_ENTRY;
 	src->state = WC_READY;
 	src->version++;
-	if ((rc = name_node(fs, m, src)))
+	if ((rc = rename_node(fs, m, src, path)))
 		return rc;
 	/* other paths of the same tensor (tied weights) must be looked up again */
 	for (uint32_t i = 1; i < ms->view.n; i++)
