@@ -118,3 +118,14 @@ def pytest_generate_tests(metafunc):
         if "negative_row" in names:
             neg = [r for _, r in sorted(rows.items()) if r.negative]
             metafunc.parametrize("negative_row", neg, ids=[r.file for r in neg])
+
+
+@pytest.fixture(scope="module")
+def mount_feature():
+    """Fail (or skip, where mounting.mount_support allows it) when no FUSE mount can be made."""
+    import mounting
+    kind, why = mounting.mount_support()
+    if kind == "fail":
+        pytest.fail(why)
+    if kind == "skip":
+        pytest.skip(why)

@@ -265,3 +265,19 @@ def run(cmd, timeout=60, ok=True, **kw):
         assert p.returncode == 0, (f"{' '.join(map(str, cmd))} exited {p.returncode}\n"
                                    f"stdout: {p.stdout[-2000:]}\nstderr: {p.stderr[-2000:]}")
     return p
+
+
+def write_file(path, data, flags=os.O_WRONLY | os.O_TRUNC):
+    """Write like cp or `echo > f`: open, write, close; the errno of the step that failed, or 0
+    (a commit through the mount reports its error from close)."""
+    fd = os.open(path, flags)
+    try:
+        os.write(fd, data)
+    except OSError as e:
+        os.close(fd)
+        return e.errno
+    try:
+        os.close(fd)
+    except OSError as e:
+        return e.errno
+    return 0

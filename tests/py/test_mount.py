@@ -47,13 +47,8 @@ SPECIAL = ("meta.json", "device", "globals")
 SINGLE_REAL = "sbi_torchsave_posterior_zip.pt"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _mount_feature():
-    kind, why = mounting.mount_support()
-    if kind == "fail":
-        pytest.fail(why)
-    if kind == "skip":
-        pytest.skip(why)
+# no FUSE here: fail (or skip where allowed) every test of this file, once
+pytestmark = pytest.mark.usefixtures("mount_feature")
 
 
 def picklefs():

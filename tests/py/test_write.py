@@ -29,7 +29,7 @@ import pytest
 import oracle
 import pfhelpers
 from conftest import fixture_manifest, generated_dir
-from mounting import mounted
+from mounting import mounted, write_file
 
 # protocol-0 pickles hold _load_from_bytes blobs as text (UNICODE/STRING opcodes): not re-written
 UNSUPPORTED = {"module_pickle_p0.pkl", "sd_pickle_p0.pkl"}
@@ -65,40 +65,36 @@ def _xor1(b):
     return (np.frombuffer(b, dtype=np.uint8) ^ 1).tobytes()
 
 
-def _write_file(path, data, flags=os.O_WRONLY | os.O_TRUNC):
-    """Write like cp: the errno that write() or close() gave, or 0."""
-    fd = os.open(path, flags)
-    try:
-        os.write(fd, data)
-    except OSError as e:
-        os.close(fd)
-        return e.errno
-    try:
-        os.close(fd)
-    except OSError as e:
-        return e.errno
-    return 0
-
-
 def _c_order_bytes(path):
     """The tensor file's contents in C order (what the oracle's crc32 is over)."""
     a = np.load(path)
     return np.ascontiguousarray(a).view(np.uint8).tobytes() if a.size else b""
 
 
-@pytest.fixture(scope="module")
-def rewritten(tmp_path_factory):
-    base = tmp_path_factory.mktemp("write-tensor")
+# the corpus's NEGATIVE file is shown as a plain file, with one log line
+NEGATIVE_LINE = r"^picklefs: sbi_npse_zip_versiononly.pkl: offset \d+: .*"
+# a write to a protocol-0 pickle fails its commit, with one log line
+UNSUPPORTED_LINES = [rf"^picklefs: {n}: not committed: .*not supported yet$" for n in sorted(UNSUPPORTED)]
+
+
+def _all_models_in(tmp_path_factory, tag):
+    """A fresh source folder holding a writable copy of every fixture and real file:
+    (base folder, source folder, [(name, origin path)])."""
+    base = tmp_path_factory.mktemp(tag)
     src = base / "src"
     os.makedirs(src)
     models = _models()
     for name, origin in models:
         shutil.copy(origin, src / name)
         os.chmod(src / name, 0o644)
+    return base, src, models
+
+
+@pytest.fixture(scope="module")
+def rewritten(tmp_path_factory):
+    base, src, models = _all_models_in(tmp_path_factory, "write-tensor")
     results = {}
-    expect = [rf"^picklefs: {n}: not committed: .*not supported yet$" for n in sorted(UNSUPPORTED)]
-    expect.append(r"^picklefs: sbi_npse_zip_versiononly.pkl: offset \d+: .*")  # the corpus's NEGATIVE file
-    with mounted(src, base / "mnt", base / "cache", expect=expect) as m:
+    with mounted(src, base / "mnt", base / "cache", expect=UNSUPPORTED_LINES + [NEGATIVE_LINE]) as m:
         for name, _origin in models:
             d = m.path(name)
             if not os.path.isdir(d):
@@ -112,7 +108,7 @@ def rewritten(tmp_path_factory):
                 raw = f.read()
             old_c = _c_order_bytes(path)
             h = _header_len(raw)
-            rc = _write_file(path, raw[:h] + _xor1(raw[h:]))
+            rc = write_file(path, raw[:h] + _xor1(raw[h:]))
             with open(path, "rb") as f:
                 shown = f.read()
             results[name] = {"rc": rc, "path": paths[len(paths) // 2], "old_c": old_c,
@@ -252,9 +248,9 @@ def test_kinds_of_writes(model):
         snapshot = open(src / name, "rb").read()
         bad_shape = tmp / "bad.npy"
         np.save(bad_shape, np.zeros(63, dtype=np.float32))
-        assert _write_file(os.path.join(d, "enc", "bias.npy"), open(bad_shape, "rb").read()) == errno.EINVAL
+        assert write_file(os.path.join(d, "enc", "bias.npy"), open(bad_shape, "rb").read()) == errno.EINVAL
         np.save(bad_shape, np.zeros(64, dtype=np.float64))
-        assert _write_file(os.path.join(d, "enc", "bias.npy"), open(bad_shape, "rb").read()) == errno.EINVAL
+        assert write_file(os.path.join(d, "enc", "bias.npy"), open(bad_shape, "rb").read()) == errno.EINVAL
         # truncated and closed with nothing written: `truncate -s 0` (ftruncate) gets EINVAL;
         # O_TRUNC alone (`: > f`) cannot be told from a shell's dup2-then-close before its write,
         # so it is checked at release: close() says 0, the log says why, nothing changes
@@ -263,7 +259,7 @@ def test_kinds_of_writes(model):
         assert e.value.errno == errno.EINVAL
         p = subprocess.run(["truncate", "-s", "0", os.path.join(d, "enc", "bias.npy")], capture_output=True, text=True)
         assert p.returncode != 0 and "Invalid argument" in p.stderr
-        assert _write_file(os.path.join(d, "enc", "weight.npy"), b"") == 0
+        assert write_file(os.path.join(d, "enc", "weight.npy"), b"") == 0
 
         assert open(src / name, "rb").read() == snapshot
         assert np.load(os.path.join(d, "enc", "bias.npy"))[0] == 3.0
@@ -426,7 +422,7 @@ def test_globals_rename_with_sed(tmp_path, protocol):
         after = open(g).read()
         assert after == before.replace("numpy._core.multiarray", "numpy.core.multiarray")
         # a different number of lines is refused
-        assert _write_file(g, after.encode() + b"extra line\n") == errno.EINVAL
+        assert write_file(g, after.encode() + b"extra line\n") == errno.EINVAL
     code = ("import pickle,sys,numpy as np\n"
             "d = pickle.load(open(sys.argv[1],'rb'))\n"
             "assert d['n'] == 3 and np.array_equal(d['a'], np.arange(6.).reshape(2, 3)), d\n")
@@ -474,11 +470,11 @@ def test_meta_json_scalar_edits(tmp_path):
         bad = json.loads(json.dumps(meta))
         bad["root"]["extra"] = 1
         snapshot = open(src / "h.pt", "rb").read()
-        assert _write_file(mj, json.dumps(bad).encode()) == errno.EINVAL
+        assert write_file(mj, json.dumps(bad).encode()) == errno.EINVAL
         assert open(src / "h.pt", "rb").read() == snapshot
         # scalar values: saved in place, compact formatting (any valid JSON)
         meta["root"].update(lr=0.01, epochs=20, name="a longer name", flag=False)
-        assert _write_file(mj, json.dumps(meta).encode()) == 0
+        assert write_file(mj, json.dumps(meta).encode()) == 0
         shown = json.load(open(mj))
         assert shown["root"]["lr"] == 0.01 and shown["root"]["name"] == "a longer name"
     code = ("import torch,sys\n"
@@ -497,15 +493,9 @@ def resaved(tmp_path_factory):
     temporary file renamed over it), globals through `sed -i` with a substitution that matches
     nothing, and device written back when it names one device (torch.device('cuda', 0) stays
     as it is for cuda:0)."""
-    base = tmp_path_factory.mktemp("write-noop")
-    src = base / "src"
-    os.makedirs(src)
-    models = _models()
-    for name, origin in models:
-        shutil.copy(origin, src / name)
+    base, src, models = _all_models_in(tmp_path_factory, "write-noop")
     results = {}
-    expect = [r"^picklefs: sbi_npse_zip_versiononly.pkl: offset \d+: .*"]
-    with mounted(src, base / "mnt", base / "cache", args=["-o", "commit_delay=0"], expect=expect) as m:
+    with mounted(src, base / "mnt", base / "cache", args=["-o", "commit_delay=0"], expect=[NEGATIVE_LINE]) as m:
         for name, _origin in models:
             d = m.path(name)
             if not os.path.isdir(d):
@@ -521,7 +511,7 @@ def resaved(tmp_path_factory):
             with open(os.path.join(d, "device")) as f:
                 lines = f.readlines()
             # one device: written back it changes nothing (several: writing one is a change)
-            rc = _write_file(os.path.join(d, "device"), lines[0].encode()) if len(lines) == 1 else 0
+            rc = write_file(os.path.join(d, "device"), lines[0].encode()) if len(lines) == 1 else 0
             fd = os.open(mj, os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -546,20 +536,13 @@ def test_unchanged_saves_leave_the_file_alone(resaved, name):
 @pytest.fixture(scope="module")
 def moved(tmp_path_factory):
     """Every model moved to another device: `echo cuda:1 > device`."""
-    base = tmp_path_factory.mktemp("write-cuda1")
-    src = base / "src"
-    os.makedirs(src)
-    models = _models()
-    for name, origin in models:
-        shutil.copy(origin, src / name)
+    base, src, models = _all_models_in(tmp_path_factory, "write-cuda1")
     results = {}
-    expect = [rf"^picklefs: {n}: not committed: .*not supported yet$" for n in sorted(UNSUPPORTED)]
-    expect.append(r"^picklefs: sbi_npse_zip_versiononly.pkl: offset \d+: .*")
-    with mounted(src, base / "mnt", base / "cache", optional=expect) as m:
+    with mounted(src, base / "mnt", base / "cache", optional=UNSUPPORTED_LINES + [NEGATIVE_LINE]) as m:
         for name, _origin in models:
             d = m.path(name)
             if os.path.isdir(d):
-                results[name] = _write_file(os.path.join(d, "device"), b"cuda:1\n")
+                results[name] = write_file(os.path.join(d, "device"), b"cuda:1\n")
     return src, dict(models), results
 
 

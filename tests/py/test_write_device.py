@@ -27,7 +27,7 @@ import pytest
 import oracle
 import pfhelpers
 from conftest import fixture_manifest, generated_dir
-from mounting import mounted
+from mounting import mounted, write_file
 
 REAL_CUDA = ["zip_cuda_mnist_cnn.pt", "legacy_cuda_skorch_net_cuda.pt", "pkl_cuda_skorch_2022_p4.pkl"]
 
@@ -42,21 +42,6 @@ def _gpu_models():
           for e in fixture_manifest()["fixtures"] if e["gpu"]]
     real = [(n, os.path.join(pfhelpers.REAL_DIR, n), None) for n in REAL_CUDA]
     return fx + real
-
-
-def _write_device(path, text):
-    """Write like `echo TEXT > device`; the errno close() returned, or 0."""
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
-    try:
-        os.write(fd, text)
-    except OSError as e:
-        os.close(fd)
-        return e.errno
-    try:
-        os.close(fd)
-    except OSError as e:
-        return e.errno
-    return 0
 
 
 def _plain_load_errors(paths):
@@ -148,10 +133,10 @@ def rewritten(tmp_path_factory):
     optional.append(r"^picklefs: .*/device: not written: not a device: .*")  # the junk below
     with mounted(src, base / "mnt", base / "cache", optional=optional) as m:
         junk_name = models[0][0]
-        results["__junk__"] = (_write_device(m.path(junk_name, "device"), b"gpu\n"),
+        results["__junk__"] = (write_file(m.path(junk_name, "device"), b"gpu\n"),
                                _sha(src / junk_name) == before[junk_name][0])
         for name, _, _ in models:
-            rc = _write_device(m.path(name, "device"), b"cpu\n")
+            rc = write_file(m.path(name, "device"), b"cpu\n")
             with open(m.path(name, "device")) as f:
                 shown = f.read()
             with open(m.path(name, "meta.json")) as f:

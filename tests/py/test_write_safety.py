@@ -69,13 +69,8 @@ TEMP_RE = re.compile(r"^\..+\.picklefs-[0-9a-f]{6}$")
 SEED = int(os.environ.get("PF_SAFETY_SEED", "0")) or random.randrange(1, 1 << 30)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _mount_feature():
-    kind, why = mounting.mount_support()
-    if kind == "fail":
-        pytest.fail(why)
-    if kind == "skip":
-        pytest.skip(why)
+# no FUSE here: fail (or skip where allowed) every test of this file, once
+pytestmark = pytest.mark.usefixtures("mount_feature")
 
 
 def _sha(path):
