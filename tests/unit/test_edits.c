@@ -144,30 +144,7 @@ static void unload(loaded *l)
 	free(l->file);
 }
 
-typedef struct buf {
-	uint8_t *p;
-	size_t n, cap;
-} buf;
-
-static int buf_sink(void *ctx, const void *p, size_t n)
-{
-	buf *b = ctx;
-	if (n == 0)
-		return 0;
-	if (b->n + n > b->cap) {
-		size_t cap = b->cap ? b->cap : 256;
-		while (cap < b->n + n)
-			cap *= 2;
-		uint8_t *q = realloc(b->p, cap);
-		if (!q)
-			return -1;
-		b->p = q;
-		b->cap = cap;
-	}
-	memcpy(b->p + b->n, p, n);
-	b->n += n;
-	return 0;
-}
+typedef pf_test_buf buf;
 
 /* The edits of one span applied by pf_repickle: the pickle's new bytes. */
 static buf apply_span(const pf_model *m, uint32_t span, const pf_span_edit *v, uint32_t n)
@@ -180,7 +157,7 @@ static buf apply_span(const pf_model *m, uint32_t span, const pf_span_edit *v, u
 	for (uint32_t i = 0; i < n; i++)
 		if (v[i].span == span)
 			e[k++] = v[i].e;
-	ck_assert_msg(pf_repickle(m->segs[sp->seg].p + sp->start, sp->end - sp->start, e, k, buf_sink, &out, NULL,
+	ck_assert_msg(pf_repickle(m->segs[sp->seg].p + sp->start, sp->end - sp->start, e, k, pf_test_buf_sink, &out, NULL,
 				  &err) == 0,
 		      "repickle span %u: %s at %llu", span, err.msg, (unsigned long long)err.offset);
 	free(e);
@@ -197,9 +174,9 @@ static void apply_plain(const loaded *l, const pf_span_edit *v, uint32_t n)
 		ck_assert_uint_eq(v[i].span, 0);
 	buf b = apply_span(&l->m, 0, v, n);
 	buf whole = {0};
-	ck_assert_int_eq(buf_sink(&whole, l->file, sp->start), 0);
-	ck_assert_int_eq(buf_sink(&whole, b.p, b.n), 0);
-	ck_assert_int_eq(buf_sink(&whole, l->file + sp->end, l->len - sp->end), 0);
+	ck_assert_int_eq(pf_test_buf_sink(&whole, l->file, sp->start), 0);
+	ck_assert_int_eq(pf_test_buf_sink(&whole, b.p, b.n), 0);
+	ck_assert_int_eq(pf_test_buf_sink(&whole, l->file + sp->end, l->len - sp->end), 0);
 	put_file("out.bin", whole.p, whole.n);
 	free(whole.p);
 	free(b.p);

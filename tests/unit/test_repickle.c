@@ -26,28 +26,7 @@
 
 /* ---- helpers ----------------------------------------------------------- */
 
-typedef struct buf {
-	uint8_t *p;
-	size_t n, cap;
-} buf;
-
-static int buf_sink(void *ctx, const void *p, size_t n)
-{
-	buf *b = ctx;
-	if (b->n + n > b->cap) {
-		size_t cap = b->cap ? b->cap : 256;
-		while (cap < b->n + n)
-			cap *= 2;
-		uint8_t *q = realloc(b->p, cap);
-		if (!q)
-			return -1;
-		b->p = q;
-		b->cap = cap;
-	}
-	memcpy(b->p + b->n, p, n);
-	b->n += n;
-	return 0;
-}
+typedef pf_test_buf buf;
 
 static char tmpdir[64];
 
@@ -89,7 +68,7 @@ static int rewrite(const uint8_t *in, size_t len, const pf_str_edit *e, uint32_t
 	pf_error_clear(err);
 	if (pf_repickle(in, len, e, n, NULL, NULL, &measured, err))
 		return -1;
-	int rc = pf_repickle(in, len, e, n, buf_sink, out, &olen, err);
+	int rc = pf_repickle(in, len, e, n, pf_test_buf_sink, out, &olen, err);
 	ck_assert_int_eq(rc, 0);
 	ck_assert_uint_eq(olen, out->n);
 	ck_assert_uint_eq(measured, out->n);

@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 uint8_t *pf_test_python(const char *code, const char *arg, size_t *len)
@@ -71,4 +72,24 @@ int pf_test_shell(const char *fmt, ...)
 	va_end(ap);
 	ck_assert_int_lt(n, (int)sizeof(cmd));
 	return system(cmd);
+}
+
+int pf_test_buf_sink(void *ctx, const void *p, size_t n)
+{
+	pf_test_buf *b = ctx;
+	if (n == 0)
+		return 0;
+	if (b->n + n > b->cap) {
+		size_t cap = b->cap ? b->cap : 256;
+		while (cap < b->n + n)
+			cap *= 2;
+		uint8_t *q = realloc(b->p, cap);
+		if (!q)
+			return -1;
+		b->p = q;
+		b->cap = cap;
+	}
+	memcpy(b->p + b->n, p, n);
+	b->n += n;
+	return 0;
 }

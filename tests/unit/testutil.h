@@ -22,6 +22,15 @@ uint8_t *pf_test_slurp(const char *path, size_t *len);
 /* Write buf[0..len) to path, replacing it. */
 void pf_test_spit(const char *path, const uint8_t *buf, size_t len);
 
+/* A growing byte buffer (free p when done) and an output sink of the
+ * codec's shape (pf_sink_fn) that appends to it: 0, or -1 out of memory. */
+typedef struct pf_test_buf {
+	uint8_t *p;
+	size_t n, cap;
+} pf_test_buf;
+
+int pf_test_buf_sink(void *ctx, const void *p, size_t n);
+
 /* system() of a printf-formatted command; returns its status. */
 int pf_test_shell(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
